@@ -1,0 +1,67 @@
+"""modelslab_async: an asyncio-first SDK for the ModelsLab text-to-image (Flux) API."""
+
+from __future__ import annotations
+
+from ._errors import (
+    AmbiguousSubmitError,
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    ClientStateError,
+    ConfigurationError,
+    DownloadError,
+    GenerationFailed,
+    GenerationTimeout,
+    ModelsLabError,
+    RateLimitError,
+    RequestValidationError,
+    ResponseFormatError,
+    ServerError,
+    TransportError,
+)
+from ._transport import RetryPolicy, Timeouts, set_testing
+from ._types import (
+    BatchResult,
+    GeneratedImage,
+    Generation,
+    Job,
+    Meta,
+    SafetyCheckerType,
+    Text2ImgRequest,
+)
+from ._version import __version__
+
+__all__ = [
+    "APIError",
+    "AmbiguousSubmitError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BatchResult",
+    "ClientStateError",
+    "ConfigurationError",
+    "DownloadError",
+    "GeneratedImage",
+    "Generation",
+    "GenerationFailed",
+    "GenerationTimeout",
+    "Job",
+    "Meta",
+    "ModelsLabError",
+    "RateLimitError",
+    "RequestValidationError",
+    "ResponseFormatError",
+    "RetryPolicy",
+    "SafetyCheckerType",
+    "ServerError",
+    "Text2ImgRequest",
+    "Timeouts",
+    "TransportError",
+    "__version__",
+    "set_testing",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and _obj.__module__.startswith(__name__ + "._"):
+        _obj.__module__ = __name__
+del _name, _obj

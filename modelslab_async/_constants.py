@@ -1,0 +1,44 @@
+"""Default endpoints, timeouts, retry and polling figures, in one place."""
+
+from __future__ import annotations
+
+DEFAULT_BASE_URL = "https://modelslab.com/api/v6"
+ENV_API_KEY = "MODELSLAB_API_KEY"
+ENV_BASE_URL = "MODELSLAB_BASE_URL"
+
+SUBMIT_PATH = "/images/text2img"
+FETCH_PATH = "/images/fetch/{id}"
+
+# Timeouts (seconds).
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_READ_TIMEOUT = 60.0
+DEFAULT_TOTAL_TIMEOUT = 120.0
+
+# Retries: exponential backoff with full jitter, capped.
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_BACKOFF_INITIAL = 0.25
+DEFAULT_BACKOFF_MAX = 8.0
+DEFAULT_RETRY_AFTER = 1.0
+MAX_RETRY_AFTER = 300.0
+
+# Connection pool.
+DEFAULT_POOL_LIMIT = 100
+DEFAULT_POOL_LIMIT_PER_HOST = 64
+
+# Client.
+DEFAULT_MAX_IN_FLIGHT = 8
+
+# Downloads.
+DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
+DEFAULT_DOWNLOAD_NOT_READY_RETRIES = 8
+DEFAULT_DOWNLOAD_CHUNK = 64 * 1024
+
+# Request limits that the SDK enforces (stricter than the server, see Text2ImgRequest).
+MAX_PROMPT_LENGTH = 10_000
+MAX_TRACK_ID_LENGTH = 255
+MAX_SEED = 2**32 - 1
+
+# How much of an unexpected body an error message quotes.
+EXCERPT_LENGTH = 200
+
+USER_AGENT = "modelslab-async/{version}"

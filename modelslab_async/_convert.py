@@ -1,0 +1,522 @@
+"""The one cattrs converter: request -> wire body, wire answers -> models.
+
+Every quirk of the API's JSON lives here and nowhere else: ``messege``/``message`` (or a
+``message`` object of per-field errors), ids as int, string, ``""`` or null, numbers as
+strings, ``output: ""``, ``W``/``H``/``steps`` in older ``meta``, ``"yes"``/``"no"`` bools,
+extras such as ``tip``/``tips``/``webhook_status``, and the error answer -> exception map.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, override
+
+from ._errors import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    GenerationFailed,
+    JobId,
+    ModelsLabError,
+    RateLimitError,
+    RequestValidationError,
+    ResponseFormatError,
+    ServerError,
+)
+from ._redact import excerpt
+from ._types import DOCUMENTED_FIELDS, Generation, Job, Meta, Text2ImgRequest
+
+converter = cattrs.Converter()
+
+_YES = frozenset({"yes", "true", "1", "y", "on"})
+_NO = frozenset({"no", "false", "0", "n", "off", "none", ""})
+_BOOL_FIELDS = tuple(f.name for f in attrs.fields(Text2ImgRequest) if f.type in ("bool", bool))
+
+
+# --- scalar hooks --------------------------------------------------------------------------
+
+
+def _to_bool(value: Any, _: Any = None) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _YES | _NO:
+        return value.strip().lower() in _YES
+    raise ValueError(f"not a yes/no value: {value!r}")
+
+
+def _to_opt_bool(value: Any, _: Any = None) -> bool | None:
+    if value is None:
+        return None
+    try:
+        return _to_bool(value)
+    except ValueError:
+        return None
+
+
+def _to_int(value: Any, _: Any = None) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"not an integer: {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            number = float(text)
+            if number.is_integer():
+                return int(number)
+    raise ValueError(f"not an integer: {value!r}")
+
+
+def _to_opt_int(value: Any, _: Any = None) -> int | None:
+    if value is None or value == "":
+        return None
+    return _to_int(value)
+
+
+def _to_float(value: Any, _: Any = None) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"not a number: {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        return float(value.strip())
+    raise ValueError(f"not a number: {value!r}")
+
+
+def _to_opt_float(value: Any, _: Any = None) -> float | None:
+    if value is None or value == "":
+        return None
+    return _to_float(value)
+
+
+def _to_opt_str(value: Any, _: Any = None) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"not a string: {value!r}")
+
+
+def _to_job_id(value: Any, _: Any = None) -> JobId | None:
+    """Ids arrive as int, digit string, other string, ``""`` or null."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"not an id: {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        return int(text) if text.isdigit() else text
+    raise ValueError(f"not an id: {value!r}")
+
+
+def _to_links(value: Any, _: Any = None) -> tuple[str, ...]:
+    """``output``/``future_links``: a list of URLs, ``""``, null, or a single URL string."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list | tuple):
+        return tuple(str(v) for v in value if isinstance(v, str) and v)
+    raise ValueError(f"not a list of URLs: {value!r}")
+
+
+converter.register_structure_hook(bool, _to_bool)
+converter.register_structure_hook(int, _to_int)
+converter.register_structure_hook(float, _to_float)
+converter.register_structure_hook(str, lambda v, _: v if isinstance(v, str) else str(v))
+
+
+def _register_exact(type_: Any, hook: Any) -> None:
+    """Hook for a non-class type (a union, a generic alias), matched by equality."""
+    converter.register_structure_hook_func(lambda t: t == type_, hook)
+
+
+_register_exact(bool | None, _to_opt_bool)
+_register_exact(int | None, _to_opt_int)
+_register_exact(float | None, _to_opt_float)
+_register_exact(str | None, _to_opt_str)
+_register_exact(int | str | None, _to_job_id)
+_register_exact(int | str, _to_job_id)
+_register_exact(tuple[str, ...], _to_links)
+_register_exact(Mapping[str, Any], lambda v, _: dict(v or {}))
+
+
+# --- meta ----------------------------------------------------------------------------------
+
+_META_ALIASES = {"W": "width", "H": "height", "steps": "num_inference_steps"}
+_META_FIELDS = frozenset(f.name for f in attrs.fields(Meta)) - {"extra"}
+_structure_meta_known = make_dict_structure_fn(Meta, converter, extra=override(omit=True))
+
+
+def _structure_meta(value: Any, _: Any = None) -> Meta:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"meta is not an object: {type(value).__name__}")
+    known: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for name, item in value.items():
+        target = _META_ALIASES.get(name, name)
+        if target in _META_FIELDS and target not in known:
+            known[target] = item
+        else:
+            extra[name] = item
+    # A field the server sends in an unexpected form is kept raw rather than failing the answer.
+    for name in list(known):
+        try:
+            converter.structure(known[name], attrs.fields_dict(Meta)[name].type or Any)
+        except (ValueError, TypeError, cattrs.BaseValidationError):
+            extra[name] = known.pop(name)
+    meta = _structure_meta_known(known, Meta)
+    return attrs.evolve(meta, extra=extra)
+
+
+converter.register_structure_hook(Meta, _structure_meta)
+_register_exact(Meta | None, lambda v, _: None if not v else _structure_meta(v))
+
+converter.register_structure_hook(
+    Generation,
+    make_dict_structure_fn(
+        Generation,
+        converter,
+        generation_time=override(rename="generationTime"),
+        request=override(omit=True),
+    ),
+)
+converter.register_structure_hook(
+    Job,
+    make_dict_structure_fn(
+        Job,
+        converter,
+        fetch_url=override(rename="fetch_result"),
+        request=override(omit=True),
+        submitted_at=override(omit=True),
+    ),
+)
+
+
+# --- request <-> wire ----------------------------------------------------------------------
+
+
+def _yes_no(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def request_to_wire(request: Text2ImgRequest) -> dict[str, Any]:
+    """The JSON body of a request, without the key: bools as ``"yes"``/``"no"``.
+
+    ``seed``, ``webhook`` and ``track_id`` are always present (null for random / none), as
+    in the endpoint document; ``negative_prompt`` is left out when None. ``extra`` fields
+    are merged in as given.
+    """
+    body: dict[str, Any] = {}
+    for field in attrs.fields(Text2ImgRequest):
+        if field.name == "extra":
+            continue
+        value = getattr(request, field.name)
+        if field.name in _BOOL_FIELDS:
+            body[field.name] = _yes_no(value)
+        elif value is None and field.name == "negative_prompt":
+            continue
+        else:
+            body[field.name] = value
+    body.update(request.extra)
+    return body
+
+
+def request_from_wire(data: Mapping[str, Any]) -> Text2ImgRequest:
+    """Build a request from a JSON-like mapping (a JSONL line, a wire body, CLI fields).
+
+    Numbers may be strings and yes/no fields may be ``"yes"``/``"no"``; unknown fields go to
+    ``extra``. A ``key`` field is refused. Raises :class:`RequestValidationError`.
+    """
+    if not isinstance(data, Mapping):
+        raise RequestValidationError("request", data, "a JSON object of request fields")
+    if "key" in data:
+        raise RequestValidationError(
+            "key", "<redacted>", "no API key in a request (the client adds it)"
+        )
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = (
+        dict(data.get("extra") or {}) if isinstance(data.get("extra"), Mapping) else {}
+    )
+    types = {f.name: f.type for f in attrs.fields(Text2ImgRequest)}
+    for name, value in data.items():
+        if name == "extra":
+            continue
+        if name not in DOCUMENTED_FIELDS:
+            extra[name] = value
+            continue
+        kwargs[name] = _coerce_field(name, value, types[name])
+    return Text2ImgRequest(**kwargs, extra=extra)
+
+
+def _coerce_field(name: str, value: Any, type_: Any) -> Any:
+    """Loose input -> typed value; leaves the value unchanged when it cannot convert, so the
+    request's own validator reports it with the allowed range."""
+    if value is None:
+        return None
+    try:
+        if type_ in ("bool", bool):
+            return _to_bool(value)
+        if type_ in ("int", int):
+            return _to_int(value)
+        if type_ in ("float", float):
+            return _to_float(value)
+        if type_ in ("int | None", int | None):
+            return _to_opt_int(value)
+        if type_ in ("str | int | None",) and isinstance(value, str) and value.strip().isdigit():
+            return value
+    except (ValueError, OverflowError):
+        return value
+    return value
+
+
+def fingerprint(request: Text2ImgRequest) -> str:
+    """sha256 (hex) of the canonical wire body: the identity of a request in a manifest."""
+    canonical = json.dumps(request_to_wire(request), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def request_to_json(request: Text2ImgRequest) -> dict[str, Any]:
+    """A JSON-ready dict of the request (Python field names and types)."""
+    data = attrs.asdict(request, recurse=False)
+    data["extra"] = dict(request.extra)
+    return data
+
+
+# --- answers -------------------------------------------------------------------------------
+
+
+def decode_json(body: bytes, *, status_code: int | None = None, url: str | None = None) -> Any:
+    """Decode a JSON answer; an HTML page or malformed JSON raises ResponseFormatError."""
+    text = body.lstrip()
+    if text[:1] == b"<" or text[:15].lower().startswith(b"<!doctype"):
+        raise ResponseFormatError(
+            f"expected JSON, got an HTML page (HTTP {status_code}): {excerpt(body)}",
+            status_code=status_code,
+            url=url,
+            body=excerpt(body),
+        )
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ResponseFormatError(
+            f"malformed JSON (HTTP {status_code}): {excerpt(body)}",
+            status_code=status_code,
+            url=url,
+            body=excerpt(body),
+        ) from exc
+
+
+def api_message(data: Mapping[str, Any]) -> str | None:
+    """The API's message as text, whatever its spelling or shape."""
+    raw = data.get("message", data.get("messege"))
+    if raw is None:
+        raw = data.get("error")
+    if raw is None:
+        return None
+    if isinstance(raw, Mapping):
+        parts = []
+        for field, errors in raw.items():
+            if isinstance(errors, list | tuple):
+                errors = "; ".join(str(e) for e in errors)
+            parts.append(f"{field}: {errors}")
+        return " | ".join(parts)
+    if isinstance(raw, list | tuple):
+        return "; ".join(str(e) for e in raw)
+    return str(raw)
+
+
+def _retry_after(data: Mapping[str, Any], header: float | None) -> float | None:
+    value = data.get("retry_after")
+    try:
+        parsed = _to_float(value) if value is not None else None
+    except ValueError:
+        parsed = None
+    if parsed is not None and math.isfinite(parsed) and parsed >= 0:
+        return parsed
+    return header
+
+
+def error_from_answer(
+    data: Mapping[str, Any] | None,
+    *,
+    status_code: int | None,
+    url: str | None = None,
+    job_id: JobId | None = None,
+    retry_after: float | None = None,
+    body: bytes = b"",
+) -> ModelsLabError:
+    """Map an error answer (JSON ``error``/``failed`` or an HTTP error status) to its class."""
+    data = data if isinstance(data, Mapping) else {}
+    message = api_message(data)
+    text = (message or "").lower()
+    status = str(data.get("status", "")).lower()
+    shown = excerpt(body) if body else None
+    if job_id is None:
+        job_id = _to_job_id_safe(data.get("id"))
+    http = f"HTTP {status_code}" if status_code is not None else "answer"
+    kw: dict[str, Any] = {
+        "status_code": status_code,
+        "api_message": message,
+        "url": url,
+        "job_id": job_id,
+        "body": shown,
+    }
+    if (
+        status_code in (401, 403)
+        or "api key" in text
+        or "invalid key" in text
+        or "unauthor" in text
+    ):
+        return AuthenticationError(
+            f"authentication failed ({http}): {message or 'no message'}", **kw
+        )
+    if (
+        status_code == 429
+        or "rate limit" in text
+        or "too many" in text
+        or "queue full" in text
+        or "queued requests" in text
+    ):
+        wait = _retry_after(data, retry_after)
+        return RateLimitError(
+            f"rate limited ({http}): {message or 'no message'}"
+            + (f"; retry after {wait:g}s" if wait is not None else ""),
+            retry_after=wait,
+            **kw,
+        )
+    if status == "failed" or "try again" in text:
+        return GenerationFailed(job_id, message, transient="try again" in text)
+    if status_code is not None and status_code >= 500:
+        return ServerError(f"server error ({http}): {message or shown or 'no body'}", **kw)
+    raw = data.get("message", data.get("messege"))
+    if (
+        isinstance(raw, Mapping)
+        or status_code in (400, 404, 405, 413, 422)
+        or "not found" in text
+        or "required" in text
+        or "invalid" in text
+        or "must be" in text
+    ):
+        return BadRequestError(f"request rejected ({http}): {message or 'no message'}", **kw)
+    return APIError(f"API error ({http}): {message or shown or 'no message'}", **kw)
+
+
+def _to_job_id_safe(value: Any) -> JobId | None:
+    try:
+        return _to_job_id(value)
+    except ValueError:
+        return None
+
+
+def structure_answer(
+    data: Any,
+    *,
+    status_code: int | None = 200,
+    url: str | None = None,
+    request: Text2ImgRequest | None = None,
+    job_id: JobId | None = None,
+    retry_after: float | None = None,
+    body: bytes = b"",
+) -> Job | Generation:
+    """Turn a decoded answer into a :class:`Job` or :class:`Generation`, or raise.
+
+    ``error``/``failed`` answers raise the class :func:`error_from_answer` picks; an
+    unknown status or an answer of the wrong shape raises ResponseFormatError.
+    """
+    if not isinstance(data, Mapping):
+        raise ResponseFormatError(
+            f"expected a JSON object, got {type(data).__name__}: {excerpt(body or repr(data))}",
+            status_code=status_code,
+            url=url,
+            body=excerpt(body or repr(data)),
+        )
+    status = str(data.get("status", "")).strip().lower()
+    try:
+        if status == "success":
+            gen = converter.structure(data, Generation)
+            if gen.id is None and job_id is not None:
+                gen = attrs.evolve(gen, id=job_id)
+            return attrs.evolve(gen, request=request)
+        if status == "processing":
+            found = _to_job_id_safe(data.get("id"))
+            if found is None:
+                found = job_id
+            if found is None:
+                raise ResponseFormatError(
+                    f"a processing answer without a job id: {excerpt(body or json.dumps(data))}",
+                    status_code=status_code,
+                    url=url,
+                    body=excerpt(body or json.dumps(data)),
+                    path="$.id",
+                )
+            job = converter.structure(data, Job)
+            job = attrs.evolve(job, id=found)
+            return attrs.evolve(job, request=request, submitted_at=time.time())
+    except cattrs.BaseValidationError as exc:
+        where = "; ".join(cattrs.transform_error(exc, path="$"))
+        raise ResponseFormatError(
+            f"unexpected answer shape ({where})",
+            status_code=status_code,
+            url=url,
+            body=excerpt(body or json.dumps(data, default=str)),
+            path=where,
+        ) from exc
+    if status in ("error", "failed"):
+        raise error_from_answer(
+            data,
+            status_code=status_code,
+            url=url,
+            job_id=job_id,
+            retry_after=retry_after,
+            body=body,
+        )
+    raise ResponseFormatError(
+        f"unknown status {data.get('status')!r}: {excerpt(body or json.dumps(data, default=str))}",
+        status_code=status_code,
+        url=url,
+        body=excerpt(body or json.dumps(data, default=str)),
+        path="$.status",
+    )
+
+
+def parse_answer(
+    body: bytes,
+    *,
+    status_code: int | None = 200,
+    url: str | None = None,
+    request: Text2ImgRequest | None = None,
+    job_id: JobId | None = None,
+    retry_after: float | None = None,
+) -> Job | Generation:
+    """Decode and structure one answer body (see :func:`structure_answer`)."""
+    data = decode_json(body, status_code=status_code, url=url)
+    return structure_answer(
+        data,
+        status_code=status_code,
+        url=url,
+        request=request,
+        job_id=job_id,
+        retry_after=retry_after,
+        body=body,
+    )

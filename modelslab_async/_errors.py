@@ -1,0 +1,201 @@
+"""The exception hierarchy.
+
+```
+ModelsLabError
+├── RequestValidationError (+ ValueError)    bad input, raised before any network call
+├── ConfigurationError (+ ValueError)        missing key, bad base URL or option
+├── ClientStateError (+ RuntimeError)        client used outside ``async with``
+├── APIError                                 the API answered with an error
+│   ├── AuthenticationError                  invalid / missing key, HTTP 401/403
+│   ├── RateLimitError                       HTTP 429 or the API's rate-limit answer
+│   ├── BadRequestError                      the API rejected the request (validation, model)
+│   └── ServerError                          HTTP 5xx
+├── GenerationFailed                         the job ended ``failed`` / ``error``
+├── GenerationTimeout (+ TimeoutError)       the job did not resolve in time
+├── TransportError                           connect error, reset, timeout
+│   └── AmbiguousSubmitError                 a submit may have reached the server
+├── ResponseFormatError                      HTML page, malformed JSON, unknown status
+└── DownloadError                            an image could not be downloaded or decoded
+```
+
+Every message is one line and never contains the API key (see ``_redact``). Job-scoped
+errors carry ``job_id``; request-scoped ones carry ``url`` where one exists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._redact import redact
+
+JobId = int | str
+
+
+class ModelsLabError(Exception):
+    """Base class of every error the SDK raises."""
+
+    def __init__(self, message: str) -> None:
+        self.message = redact(message)
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
+
+def _rebuild(cls: type[ModelsLabError], state: dict[str, Any]) -> ModelsLabError:
+    obj = cls.__new__(cls)
+    Exception.__init__(obj, state.get("message", ""))
+    obj.__dict__.update(state)
+    return obj
+
+
+class RequestValidationError(ModelsLabError, ValueError):
+    """A request field is out of range or of the wrong type (raised before any network call)."""
+
+    def __init__(self, field: str, value: Any, allowed: str) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        shown = redact(repr(value))
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"{field}: got {shown}, allowed {allowed}")
+
+
+class ConfigurationError(ModelsLabError, ValueError):
+    """The client is misconfigured (missing key, bad base URL, bad option)."""
+
+
+class ClientStateError(ModelsLabError, RuntimeError):
+    """The client is used outside its ``async with`` block or after it closed."""
+
+
+class APIError(ModelsLabError):
+    """The API answered with an error.
+
+    Attributes: ``status_code`` (HTTP status), ``api_message`` (the API's own message, as
+    text), ``url``, ``job_id`` (when the error concerns one job), ``body`` (a short redacted
+    excerpt of the answer).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        api_message: str | None = None,
+        url: str | None = None,
+        job_id: JobId | None = None,
+        body: str | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.api_message = redact(api_message) if api_message is not None else None
+        self.url = redact(url) if url is not None else None
+        self.job_id = job_id
+        self.body = body
+        super().__init__(message)
+
+
+class AuthenticationError(APIError):
+    """The API rejected the key (``Invalid Api Key``, HTTP 401/403)."""
+
+
+class RateLimitError(APIError):
+    """Too many requests or queued jobs; ``retry_after`` is the advised wait in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, **kw)
+
+
+class BadRequestError(APIError):
+    """The API rejected the request itself (validation error, unknown model)."""
+
+
+class ServerError(APIError):
+    """The API answered HTTP 5xx."""
+
+
+class GenerationFailed(ModelsLabError):
+    """The job ended ``failed`` (or ``error``) on the server.
+
+    ``transient`` is true for the API's "Failed, Try Again" answer (a model warming up),
+    which a resubmission usually fixes.
+    """
+
+    def __init__(
+        self, job_id: JobId | None, api_message: str | None = None, *, transient: bool = False
+    ) -> None:
+        self.job_id = job_id
+        self.api_message = redact(api_message) if api_message is not None else None
+        self.transient = transient
+        what = f"job {job_id}" if job_id not in (None, "") else "job"
+        super().__init__(f"{what} failed: {self.api_message or 'no message from the API'}")
+
+
+class GenerationTimeout(ModelsLabError, TimeoutError):
+    """The job did not resolve in time; it may still finish: fetch it later by ``job_id``."""
+
+    def __init__(self, job_id: JobId, waited: float) -> None:
+        self.job_id = job_id
+        self.waited = waited
+        super().__init__(
+            f"job {job_id} not ready after {waited:.1f}s; it may still finish "
+            f"(fetch it later with client.fetch({job_id!r}))"
+        )
+
+
+class TransportError(ModelsLabError):
+    """The HTTP exchange failed: connection refused or reset, timeout, cut-off body."""
+
+    def __init__(self, message: str, *, url: str | None = None, kind: str = "error") -> None:
+        self.url = redact(url) if url is not None else None
+        self.kind = kind
+        super().__init__(message)
+
+
+class AmbiguousSubmitError(TransportError):
+    """A submit failed after its body was sent: the job may exist (and be charged).
+
+    It is not retried, to avoid a duplicate charge, unless the client was created with
+    ``retry_ambiguous_submits=True``.
+    """
+
+
+class ResponseFormatError(ModelsLabError):
+    """The answer is not what the API sends: an HTML page, malformed JSON, unknown status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        url: str | None = None,
+        body: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.url = redact(url) if url is not None else None
+        self.body = body
+        self.path = path
+        super().__init__(message)
+
+
+class DownloadError(ModelsLabError):
+    """An image could not be downloaded, verified or decoded."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        job_id: JobId | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        self.url = redact(url)
+        self.job_id = job_id
+        self.status_code = status_code
+        super().__init__(message)

@@ -1,0 +1,384 @@
+"""Value objects: the request, the API's answers, images and batch results."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
+
+import attrs
+
+from ._constants import MAX_PROMPT_LENGTH, MAX_SEED, MAX_TRACK_ID_LENGTH
+from ._errors import JobId, ModelsLabError, RequestValidationError
+
+SafetyCheckerType = Literal["blur", "sensitive_content_text", "pixelate", "black"]
+SAFETY_CHECKER_TYPES: tuple[str, ...] = get_args(SafetyCheckerType)
+
+#: Wire names of the documented body fields (the key is not one of them: it is the client's).
+DOCUMENTED_FIELDS: frozenset[str] = frozenset(
+    {
+        "prompt",
+        "negative_prompt",
+        "model_id",
+        "width",
+        "height",
+        "samples",
+        "num_inference_steps",
+        "safety_checker",
+        "safety_checker_type",
+        "seed",
+        "guidance_scale",
+        "injected_noise_alpha",
+        "sigma_threshold",
+        "true_cfg_scale",
+        "use_cfg_zero_star",
+        "use_zero_init",
+        "zero_steps",
+        "base64",
+        "webhook",
+        "track_id",
+        "temp",
+    }
+)
+RESERVED_FIELDS: frozenset[str] = DOCUMENTED_FIELDS | {"key"}
+
+
+# --- validators --------------------------------------------------------------------------
+
+
+def _int_in(lo: int, hi: int | None) -> Any:
+    allowed = f"an integer in {lo}..{hi}" if hi is not None else f"an integer >= {lo}"
+
+    def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RequestValidationError(attr.name, value, allowed)
+        if value < lo or (hi is not None and value > hi):
+            raise RequestValidationError(attr.name, value, allowed)
+
+    return check
+
+
+def _float_in(lo: float, hi: float) -> Any:
+    allowed = f"a number in {lo:g}..{hi:g}"
+
+    def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RequestValidationError(attr.name, value, allowed)
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise RequestValidationError(attr.name, value, allowed)
+
+    return check
+
+
+def _is_bool(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise RequestValidationError(attr.name, value, "True or False (sent as 'yes'/'no')")
+
+
+def _opt_text(max_len: int) -> Any:
+    def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+        if value is None:
+            return
+        if not isinstance(value, str):
+            raise RequestValidationError(attr.name, value, "a string or None")
+        if len(value) > max_len:
+            raise RequestValidationError(
+                attr.name, f"<{len(value)} characters>", f"at most {max_len} characters"
+            )
+
+    return check
+
+
+def _check_prompt(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    allowed = f"a non-empty string of at most {MAX_PROMPT_LENGTH} characters"
+    if not isinstance(value, str) or not value.strip():
+        raise RequestValidationError(attr.name, value, allowed)
+    if len(value) > MAX_PROMPT_LENGTH:
+        raise RequestValidationError(attr.name, f"<{len(value)} characters>", allowed)
+    if "\x00" in value:
+        raise RequestValidationError(attr.name, value, allowed + " without NUL characters")
+
+
+def _check_model_id(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise RequestValidationError(attr.name, value, "a non-empty model id string")
+
+
+def _check_seed(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise RequestValidationError(
+            attr.name, value, f"None (random) or an integer in 0..{MAX_SEED}"
+        )
+
+
+def _check_safety_type(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value not in SAFETY_CHECKER_TYPES:
+        raise RequestValidationError(attr.name, value, "one of " + ", ".join(SAFETY_CHECKER_TYPES))
+
+
+def _check_webhook(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    allowed = "None or an absolute http(s) URL"
+    if not isinstance(value, str) or len(value) > 2048 or any(c.isspace() for c in value):
+        raise RequestValidationError(attr.name, value, allowed)
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:
+        raise RequestValidationError(attr.name, value, allowed) from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise RequestValidationError(attr.name, value, allowed)
+
+
+def _check_track_id(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    allowed = f"None, an integer, or a non-empty string of at most {MAX_TRACK_ID_LENGTH} chars"
+    if isinstance(value, bool):
+        raise RequestValidationError(attr.name, value, allowed)
+    if isinstance(value, int):
+        return
+    if not isinstance(value, str) or not value or len(value) > MAX_TRACK_ID_LENGTH:
+        raise RequestValidationError(attr.name, value, allowed)
+
+
+def _freeze_extra(value: Any) -> Mapping[str, Any]:
+    if isinstance(value, MappingProxyType):
+        return value
+    if not isinstance(value, Mapping):
+        raise RequestValidationError("extra", value, "a mapping of undocumented field -> value")
+    return MappingProxyType(dict(value))
+
+
+def _check_extra(inst: Any, attr: attrs.Attribute[Any], value: Mapping[str, Any]) -> None:
+    import json
+
+    for name in value:
+        if not isinstance(name, str) or not name:
+            raise RequestValidationError("extra", name, "non-empty string field names")
+        if name in RESERVED_FIELDS:
+            allowed = (
+                "no 'key' (the client sends it)"
+                if name == "key"
+                else f"undocumented fields only; set {name!r} as a field of Text2ImgRequest"
+            )
+            raise RequestValidationError(f"extra[{name!r}]", value[name], allowed)
+    try:
+        json.dumps(dict(value), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise RequestValidationError(
+            "extra", dict(value), f"JSON-serialisable values ({exc})"
+        ) from exc
+
+
+# --- the request -------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Text2ImgRequest:
+    """One text-to-image request; every documented body field, validated at construction.
+
+    Defaults are the API's documented defaults (width/height/samples/steps/guidance follow
+    the endpoint document's example). Raises :class:`RequestValidationError` naming the
+    field, the value and the allowed range.
+
+    Where the SDK is stricter than the server:
+
+    - ``prompt`` must be non-empty and at most 10,000 characters;
+    - ``seed`` must fit the server's 32-bit range (0..2**32-1);
+    - ``zero_steps`` may not exceed ``num_inference_steps``;
+    - ``webhook`` must be an absolute http(s) URL.
+
+    ``num_inference_steps`` accepts any value >= 1 and is sent as given, but the server
+    caps values above 20 at 20. ``width`` and ``height`` should be multiples of 8.
+    Undocumented fields the API accepts (``enhance_prompt``, ``scheduler``, ``lora_model``,
+    ``vae``, ``clip_skip``, ``tomesd``, ``upscale``, ``self_attention``...) go in ``extra``,
+    sent as given; an ``extra`` key naming a documented field (or ``key``) is an error.
+    The API key is never part of a request.
+    """
+
+    prompt: str = attrs.field(validator=_check_prompt)
+    negative_prompt: str | None = attrs.field(default=None, validator=_opt_text(MAX_PROMPT_LENGTH))
+    model_id: str = attrs.field(default="flux", validator=_check_model_id)
+    width: int = attrs.field(default=512, validator=_int_in(1, 1024))
+    height: int = attrs.field(default=512, validator=_int_in(1, 1024))
+    samples: int = attrs.field(default=1, validator=_int_in(1, 4))
+    num_inference_steps: int = attrs.field(default=20, validator=_int_in(1, None))
+    safety_checker: bool = attrs.field(default=True, validator=_is_bool)
+    safety_checker_type: SafetyCheckerType = attrs.field(
+        default="sensitive_content_text", validator=_check_safety_type
+    )
+    seed: int | None = attrs.field(default=None, validator=_check_seed)
+    guidance_scale: float = attrs.field(default=7.5, validator=_float_in(1, 20))
+    injected_noise_alpha: float = attrs.field(default=0.75, validator=_float_in(0, 1))
+    sigma_threshold: float = attrs.field(default=0.45, validator=_float_in(0, 1))
+    true_cfg_scale: float = attrs.field(default=1.0, validator=_float_in(0, 10))
+    use_cfg_zero_star: bool = attrs.field(default=True, validator=_is_bool)
+    use_zero_init: bool = attrs.field(default=False, validator=_is_bool)
+    zero_steps: int = attrs.field(default=0, validator=_int_in(0, None))
+    base64: bool = attrs.field(default=False, validator=_is_bool)
+    webhook: str | None = attrs.field(default=None, validator=_check_webhook)
+    track_id: str | int | None = attrs.field(default=None, validator=_check_track_id)
+    temp: bool = attrs.field(default=False, validator=_is_bool)
+    extra: Mapping[str, Any] = attrs.field(
+        factory=dict, converter=_freeze_extra, validator=_check_extra, hash=False
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.zero_steps > self.num_inference_steps:
+            raise RequestValidationError(
+                "zero_steps",
+                self.zero_steps,
+                f"an integer in 0..num_inference_steps ({self.num_inference_steps})",
+            )
+
+    def replace(self, **changes: Any) -> Text2ImgRequest:
+        """A copy with *changes* applied (validated again)."""
+        return attrs.evolve(self, **changes)
+
+
+# --- answers -----------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Meta:
+    """The ``meta`` object of an answer: the request as the server saw it.
+
+    Known fields are typed (``W``/``H`` and ``steps`` from older answers are read into
+    ``width``/``height``/``num_inference_steps``); every other field is kept in ``extra``.
+    """
+
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    model_id: str | None = None
+    width: int | None = None
+    height: int | None = None
+    n_samples: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int | None = None
+    file_prefix: str | None = None
+    base64: bool | None = None
+    temp: bool | None = None
+    safety_checker: bool | None = None
+    safety_checker_type: str | None = None
+    track_id: str | int | None = None
+    webhook: str | None = None
+    extra: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
+
+
+def _tuple_of_str(value: Any) -> tuple[str, ...]:
+    return tuple(value)
+
+
+@attrs.frozen(kw_only=True)
+class Job:
+    """A submitted job the API answered ``processing`` for.
+
+    ``eta`` is the API's estimate in seconds; ``submitted_at`` is ``time.time()`` when the
+    answer arrived. ``request`` is None for a job known only by id (``client.fetch``).
+    """
+
+    id: JobId
+    eta: float = 0.0
+    fetch_url: str | None = None
+    future_links: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
+    proxy_links: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
+    request: Text2ImgRequest | None = attrs.field(default=None, eq=False)
+    submitted_at: float = attrs.field(factory=time.time, eq=False)
+    message: str | None = None
+    meta: Meta | None = attrs.field(default=None, eq=False)
+    track_id: str | int | None = None
+
+    @property
+    def is_base64(self) -> bool:
+        """True when the links point at base64 text rather than image bytes."""
+        if self.meta is not None and self.meta.base64 is not None:
+            return self.meta.base64
+        return any(_is_base64_url(u) for u in self.future_links)
+
+
+@attrs.frozen(kw_only=True)
+class Generation:
+    """A finished job: the ``success`` answer of a submit or a fetch.
+
+    ``output`` holds the image URLs (``.base64`` URLs in base64 mode); ``proxy_links`` are
+    mirror URLs used as a download fallback.
+    """
+
+    id: JobId | None
+    status: str = "success"
+    output: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
+    proxy_links: tuple[str, ...] = attrs.field(default=(), converter=_tuple_of_str)
+    generation_time: float | None = None
+    meta: Meta | None = attrs.field(default=None, eq=False)
+    nsfw_content_detected: bool | None = None
+    request: Text2ImgRequest | None = attrs.field(default=None, eq=False)
+    track_id: str | int | None = None
+
+    @property
+    def seed(self) -> int | None:
+        """The seed the server used (from ``meta``), or the request's."""
+        if self.meta is not None and self.meta.seed is not None:
+            return self.meta.seed
+        return self.request.seed if self.request is not None else None
+
+    @property
+    def is_base64(self) -> bool:
+        """True when ``output`` holds base64 text links rather than image URLs."""
+        if any(_is_base64_url(u) for u in self.output):
+            return True
+        return bool(self.meta is not None and self.meta.base64 and not self.output)
+
+
+def _is_base64_url(url: str) -> bool:
+    return urlsplit(url).path.endswith(".base64")
+
+
+@attrs.frozen(kw_only=True)
+class GeneratedImage:
+    """One image of a generation: written to ``path``, or held in ``data`` when no dest."""
+
+    url: str
+    index: int
+    job_id: JobId | None = None
+    path: Path | None = None
+    data: bytes | None = attrs.field(default=None, repr=False)
+    content_type: str | None = None
+
+    @property
+    def size(self) -> int | None:
+        """Bytes of the image, when known."""
+        if self.data is not None:
+            return len(self.data)
+        if self.path is not None and self.path.exists():
+            return self.path.stat().st_size
+        return None
+
+
+@attrs.frozen(kw_only=True)
+class BatchResult:
+    """The outcome of one item of ``generate_many``; ``index`` is its input position.
+
+    Exactly one of ``generation`` and ``error`` is set. ``files`` lists written images.
+    ``from_manifest`` is true when the item was already done in a previous run.
+    """
+
+    index: int
+    request: Text2ImgRequest | None
+    generation: Generation | None = None
+    error: ModelsLabError | None = None
+    files: tuple[Path, ...] = attrs.field(default=(), converter=tuple)
+    job_id: JobId | None = None
+    from_manifest: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when the item is done (its images are on disk or in memory)."""
+        return self.error is None
