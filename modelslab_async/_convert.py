@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -207,10 +208,28 @@ converter.register_structure_hook(
         Job,
         converter,
         fetch_url=override(rename="fetch_result"),
+        message=override(omit=True),  # either spelling, set from api_message()
         request=override(omit=True),
         submitted_at=override(omit=True),
     ),
 )
+
+#: Python attribute -> wire name, so error paths point into the answer as sent.
+_WIRE_NAMES = {"generation_time": "generationTime", "fetch_url": "fetch_result"}
+
+
+def _wire_path(where: str) -> str:
+    for name, wire in _WIRE_NAMES.items():
+        where = re.sub(rf"\$\.{name}\b", f"$.{wire}", where)
+    return where
+
+
+def _id_from_fetch_url(url: Any) -> int | None:
+    """The job id at the end of a ``fetch_result`` URL (``.../fetch/123``), if any."""
+    if not isinstance(url, str):
+        return None
+    found = re.search(r"/fetch/(\d+)/*$", url.strip())
+    return int(found.group(1)) if found else None
 
 
 # --- request <-> wire ----------------------------------------------------------------------
@@ -441,8 +460,10 @@ def structure_answer(
 ) -> Job | Generation:
     """Turn a decoded answer into a :class:`Job` or :class:`Generation`, or raise.
 
-    ``error``/``failed`` answers raise the class :func:`error_from_answer` picks; an
-    unknown status or an answer of the wrong shape raises ResponseFormatError.
+    ``error``/``failed`` answers, and answers without a known status sent with an HTTP
+    error status, raise the class :func:`error_from_answer` picks; otherwise an unknown
+    status or an answer of the wrong shape raises ResponseFormatError. A processing answer
+    without an id takes *job_id*, else the id at the end of its ``fetch_result`` URL.
     """
     if not isinstance(data, Mapping):
         raise ResponseFormatError(
@@ -463,6 +484,8 @@ def structure_answer(
             if found is None:
                 found = job_id
             if found is None:
+                found = _id_from_fetch_url(data.get("fetch_result"))
+            if found is None:
                 raise ResponseFormatError(
                     f"a processing answer without a job id: {excerpt(body or json.dumps(data))}",
                     status_code=status_code,
@@ -471,10 +494,10 @@ def structure_answer(
                     path="$.id",
                 )
             job = converter.structure(data, Job)
-            job = attrs.evolve(job, id=found)
+            job = attrs.evolve(job, id=found, message=api_message(data))
             return attrs.evolve(job, request=request, submitted_at=time.time())
     except cattrs.BaseValidationError as exc:
-        where = "; ".join(cattrs.transform_error(exc, path="$"))
+        where = _wire_path("; ".join(cattrs.transform_error(exc, path="$")))
         raise ResponseFormatError(
             f"unexpected answer shape ({where})",
             status_code=status_code,
@@ -482,7 +505,9 @@ def structure_answer(
             body=excerpt(body or json.dumps(data, default=str)),
             path=where,
         ) from exc
-    if status in ("error", "failed"):
+    if status in ("error", "failed") or (status_code is not None and status_code >= 400):
+        # An HTTP error status with a JSON body of another shape (``{"message":
+        # "Unauthenticated."}``) is classified by its status, not reported as a format error.
         raise error_from_answer(
             data,
             status_code=status_code,

@@ -74,6 +74,17 @@ def _float_in(lo: float, hi: float) -> Any:
     return check
 
 
+def _int_to_float(value: Any) -> Any:
+    """An int given for a float field is stored as a float, so that equal requests have
+    equal wire bodies (and fingerprints): ``guidance_scale=7`` and ``7.0`` are one request."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            return value  # the range validator reports it
+    return value
+
+
 def _is_bool(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, bool):
         raise RequestValidationError(attr.name, value, "True or False (sent as 'yes'/'no')")
@@ -162,6 +173,12 @@ def _check_extra(inst: Any, attr: attrs.Attribute[Any], value: Mapping[str, Any]
     for name in value:
         if not isinstance(name, str) or not name:
             raise RequestValidationError("extra", name, "non-empty string field names")
+        if name == "extra":
+            # request_from_wire reads a top-level "extra" as this mapping (the JSON form of a
+            # request), so an undocumented field of that name would not survive the round trip.
+            raise RequestValidationError(
+                "extra['extra']", value[name], "any field name but 'extra' (reserved)"
+            )
         if name in RESERVED_FIELDS:
             allowed = (
                 "no 'key' (the client sends it)"
@@ -215,10 +232,18 @@ class Text2ImgRequest:
         default="sensitive_content_text", validator=_check_safety_type
     )
     seed: int | None = attrs.field(default=None, validator=_check_seed)
-    guidance_scale: float = attrs.field(default=7.5, validator=_float_in(1, 20))
-    injected_noise_alpha: float = attrs.field(default=0.75, validator=_float_in(0, 1))
-    sigma_threshold: float = attrs.field(default=0.45, validator=_float_in(0, 1))
-    true_cfg_scale: float = attrs.field(default=1.0, validator=_float_in(0, 10))
+    guidance_scale: float = attrs.field(
+        default=7.5, converter=_int_to_float, validator=_float_in(1, 20)
+    )
+    injected_noise_alpha: float = attrs.field(
+        default=0.75, converter=_int_to_float, validator=_float_in(0, 1)
+    )
+    sigma_threshold: float = attrs.field(
+        default=0.45, converter=_int_to_float, validator=_float_in(0, 1)
+    )
+    true_cfg_scale: float = attrs.field(
+        default=1.0, converter=_int_to_float, validator=_float_in(0, 10)
+    )
     use_cfg_zero_star: bool = attrs.field(default=True, validator=_is_bool)
     use_zero_init: bool = attrs.field(default=False, validator=_is_bool)
     zero_steps: int = attrs.field(default=0, validator=_int_in(0, None))
