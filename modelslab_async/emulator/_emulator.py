@@ -73,7 +73,7 @@ class Emulator:
 
     @property
     def port(self) -> int:
-        """The bound TCP port (after start)."""
+        """The bound TCP port (known once started; kept after exit)."""
         if self._bound_port is None:
             raise RuntimeError("the emulator is not running; use `async with Emulator(...)`")
         return self._bound_port
@@ -122,10 +122,9 @@ class Emulator:
         tb: TracebackType | None,
     ) -> None:
         stack, self._stack = self._stack, None
-        self._bound_port = None
         if stack is not None:
             await stack.aclose()
 
     def __repr__(self) -> str:
-        where = self.root_url if self._bound_port is not None else "not running"
+        where = self.root_url if self._stack is not None else "not running"
         return f"<Emulator {where} workers={self._config.workers}>"

@@ -194,6 +194,7 @@ class Text2Img:
             "negative_prompt": f["negative_prompt"],
             "num_inference_steps": f["num_inference_steps"],
             "opacity": 0.8,
+            "outdir": "out",
             "padding_down": 10,
             "padding_right": 10,
             "prompt": f["prompt"],
