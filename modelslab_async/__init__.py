@@ -19,6 +19,10 @@ from ._errors import (
     ServerError,
     TransportError,
 )
+from ._batch import BatchProgress
+from ._client import Client, ClientStats
+from ._download import DownloadPolicy
+from ._poller import PollPolicy
 from ._transport import RetryPolicy, Timeouts, set_testing
 from ._types import (
     BatchResult,
@@ -36,10 +40,14 @@ __all__ = [
     "AmbiguousSubmitError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchProgress",
     "BatchResult",
+    "Client",
+    "ClientStats",
     "ClientStateError",
     "ConfigurationError",
     "DownloadError",
+    "DownloadPolicy",
     "GeneratedImage",
     "Generation",
     "GenerationFailed",
@@ -47,6 +55,7 @@ __all__ = [
     "Job",
     "Meta",
     "ModelsLabError",
+    "PollPolicy",
     "RateLimitError",
     "RequestValidationError",
     "ResponseFormatError",

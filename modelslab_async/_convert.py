@@ -200,6 +200,7 @@ converter.register_structure_hook(
         converter,
         generation_time=override(rename="generationTime"),
         request=override(omit=True),
+        images=override(omit=True),
     ),
 )
 converter.register_structure_hook(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, get_args
@@ -298,6 +299,14 @@ class Meta:
     extra: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
 
 
+def _images(value: Iterable[GeneratedImage]) -> tuple[GeneratedImage, ...]:
+    return tuple(value)
+
+
+def _paths(value: Iterable[str | os.PathLike[str]]) -> tuple[Path, ...]:
+    return tuple(Path(v) for v in value)
+
+
 def _tuple_of_str(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
@@ -334,7 +343,7 @@ class Generation:
     """A finished job: the ``success`` answer of a submit or a fetch.
 
     ``output`` holds the image URLs (``.base64`` URLs in base64 mode); ``proxy_links`` are
-    mirror URLs used as a download fallback.
+    mirror URLs used as a download fallback. ``images`` is filled by ``client.text2img``.
     """
 
     id: JobId | None
@@ -346,6 +355,7 @@ class Generation:
     nsfw_content_detected: bool | None = None
     request: Text2ImgRequest | None = attrs.field(default=None, eq=False)
     track_id: str | int | None = None
+    images: tuple[GeneratedImage, ...] = attrs.field(default=(), eq=False, converter=_images)
 
     @property
     def seed(self) -> int | None:
@@ -399,7 +409,7 @@ class BatchResult:
     request: Text2ImgRequest | None
     generation: Generation | None = None
     error: ModelsLabError | None = None
-    files: tuple[Path, ...] = attrs.field(default=(), converter=tuple)
+    files: tuple[Path, ...] = attrs.field(default=(), converter=_paths)
     job_id: JobId | None = None
     from_manifest: bool = False
 

@@ -1,0 +1,478 @@
+"""The batch engine behind ``Client.generate_many``.
+
+Items are pulled from the input only when one of ``max_in_flight`` slots is free, so
+the input (an iterable or async iterable, possibly endless) is never read ahead; each
+item is submitted, waited for by the client's poller, downloaded, and yielded as soon as
+it completes. A result waits for the consumer before its slot is freed, so a slow
+consumer slows the batch instead of filling memory.
+
+With a manifest, every state change is appended and fsynced before the next step: a
+rerun yields ``done`` items from the manifest (their files verified) without a network
+call, resumes ``submitted`` items by job id (never resubmitted), and retries ``failed``
+items only with ``retry_failed=True`` (by job id when the job itself may have
+succeeded). A job that fails with the API's transient answer ("Failed, Try Again") is
+resubmitted up to ``max_resubmits`` times, each attempt recorded with its own track id.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+import attrs
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ._convert import fingerprint
+from ._download import remove_stale_parts, verify_image_file
+from ._errors import (
+    DownloadError,
+    GenerationFailed,
+    GenerationTimeout,
+    JobId,
+    ModelsLabError,
+    RateLimitError,
+    ResponseFormatError,
+    ServerError,
+    TransportError,
+)
+from ._manifest import Manifest, ManifestRecord, error_from_record, error_record
+from ._types import BatchResult, GeneratedImage, Generation, Job, Text2ImgRequest
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+RequestLike = Text2ImgRequest | Mapping[str, Any] | str
+
+#: Errors after which the job itself may have succeeded: a retry resumes it by id.
+_RESUMABLE = (
+    DownloadError,
+    GenerationTimeout,
+    TransportError,
+    ServerError,
+    ResponseFormatError,
+    RateLimitError,
+)
+
+
+@attrs.frozen
+class BatchProgress:
+    """Counts of a running batch, passed to ``on_progress`` on every change.
+
+    ``queued``: taken from the input, not yet submitted; ``submitted``: submits made in
+    this run; ``processing``: submitted (or resumed) and not yet resolved; ``done`` and
+    ``failed``: finished items (``from_manifest`` of the done ones came from a previous
+    run); ``images``: files written or images received; ``throughput``: items finished
+    per second since the start.
+    """
+
+    queued: int
+    submitted: int
+    processing: int
+    done: int
+    failed: int
+    from_manifest: int
+    images: int
+    elapsed: float
+    throughput: float
+    input_exhausted: bool
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed
+
+    @property
+    def images_per_minute(self) -> float:
+        return self.images / self.elapsed * 60.0 if self.elapsed > 0 else 0.0
+
+
+class _Batch:
+    def __init__(
+        self,
+        client: Client,
+        requests: Iterable[RequestLike] | AsyncIterable[RequestLike],
+        *,
+        dest: str | os.PathLike[str] | None,
+        manifest: str | os.PathLike[str] | None,
+        limit: int,
+        on_progress: Callable[[BatchProgress], Any] | None,
+        retry_failed: bool,
+        max_resubmits: int,
+        webhook: Any,
+    ) -> None:
+        self.client = client
+        self.requests = requests
+        self.dest = Path(dest) if dest is not None else None
+        self.manifest_path = manifest
+        self.manifest: Manifest | None = None
+        self.limit = limit
+        self.on_progress = on_progress
+        self.retry_failed = retry_failed
+        self.max_resubmits = max_resubmits
+        self.webhook = webhook
+        self.scope = anyio.CancelScope()
+        self.stopped = anyio.Event()
+        self.failure: BaseException | None = None
+        self.started = time.monotonic()
+        self.queued = self.submitted = self.processing = 0
+        self.done = self.failed = self.from_manifest = self.images = 0
+        self.input_exhausted = False
+
+    # --- progress -----------------------------------------------------------------------
+
+    def progress(self) -> BatchProgress:
+        elapsed = time.monotonic() - self.started
+        finished = self.done + self.failed
+        return BatchProgress(
+            queued=self.queued,
+            submitted=self.submitted,
+            processing=self.processing,
+            done=self.done,
+            failed=self.failed,
+            from_manifest=self.from_manifest,
+            images=self.images,
+            elapsed=elapsed,
+            throughput=finished / elapsed if elapsed > 0 else 0.0,
+            input_exhausted=self.input_exhausted,
+        )
+
+    def _changed(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self.progress())
+
+    # --- the engine ---------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        self.scope.cancel()
+
+    async def run(
+        self,
+        send: MemoryObjectSendStream[BatchResult],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            with self.scope, send:
+                task_status.started()
+                try:
+                    await self._run(send)
+                except anyio.get_cancelled_exc_class():
+                    raise
+                except Exception as exc:  # handed to the consumer, not the client's group
+                    self.failure = exc
+        finally:
+            self.stopped.set()
+
+    async def _run(self, send: MemoryObjectSendStream[BatchResult]) -> None:
+        if self.manifest_path is not None:
+            self.manifest = await Manifest(self.manifest_path).open()
+        try:
+            if self.dest is not None:
+                await anyio.to_thread.run_sync(remove_stale_parts, self.dest)
+            slots = anyio.CapacityLimiter(self.limit)
+            async with anyio.create_task_group() as tg:
+                index = 0
+                async for raw in _lazy(self.requests, slots):
+                    token, item = raw
+                    self.queued += 1
+                    self._changed()
+                    tg.start_soon(self._item, index, item, token, slots, send.clone())
+                    index += 1
+                self.input_exhausted = True
+                self._changed()
+        finally:
+            if self.manifest is not None:
+                await self.manifest.close()
+
+    async def _item(
+        self,
+        index: int,
+        raw: RequestLike,
+        token: object,
+        slots: anyio.CapacityLimiter,
+        send: MemoryObjectSendStream[BatchResult],
+    ) -> None:
+        async with send:
+            try:
+                result = await self._process(index, raw)
+                if result.ok:
+                    self.done += 1
+                    self.images += len(result.files) or (
+                        len(result.generation.images) if result.generation else 0
+                    )
+                else:
+                    self.failed += 1
+                self._changed()
+                await send.send(result)
+            finally:
+                slots.release_on_behalf_of(token)
+
+    async def _record(self, record: ManifestRecord) -> None:
+        if self.manifest is not None:
+            await self.manifest.append(record)
+
+    async def _process(self, index: int, raw: RequestLike) -> BatchResult:
+        from ._client import coerce_request
+
+        try:
+            request = coerce_request(raw, {})
+        except ModelsLabError as exc:
+            self.queued -= 1
+            await self._record(
+                ManifestRecord(index=index, state="failed", fingerprint="", error=error_record(exc))
+            )
+            return BatchResult(index=index, request=None, error=exc)
+        fp = fingerprint(request)
+        previous = None
+        if self.manifest is not None:
+            previous = self.manifest.previous.pop(index, None)
+            if previous is not None and previous.fingerprint != fp:
+                previous = None
+        attempt = 0
+        resume_id: JobId | None = None
+        if previous is not None:
+            attempt = previous.attempt
+            if previous.state == "done":
+                result = await self._from_manifest(index, request, previous)
+                if result is not None:
+                    self.queued -= 1
+                    return result
+                resume_id = previous.job_id  # files gone: download the finished job again
+            elif previous.state == "submitted":
+                resume_id = previous.job_id
+            elif not self.retry_failed:
+                self.queued -= 1
+                return BatchResult(
+                    index=index,
+                    request=request,
+                    error=error_from_record(previous),
+                    job_id=previous.job_id,
+                    from_manifest=True,
+                )
+            elif previous.job_id not in (None, "") and _resumable(previous):
+                resume_id = previous.job_id
+            else:
+                attempt = previous.attempt + 1
+        self.queued -= 1
+        self.processing += 1
+        self._changed()
+        try:
+            return await self._attempts(index, request, fp, attempt, resume_id)
+        finally:
+            self.processing -= 1
+
+    async def _attempts(
+        self,
+        index: int,
+        request: Text2ImgRequest,
+        fp: str,
+        attempt: int,
+        resume_id: JobId | None,
+    ) -> BatchResult:
+        job_id: JobId | None = resume_id
+        while True:
+            try:
+                if resume_id is not None:
+                    answer: Job | Generation = await self.client.resume(resume_id, request=request)
+                    resume_id = None
+                else:
+                    sent = self._prepare(request, fp, index, attempt)
+                    answer = await self.client._submit(sent, first_check=self._first_check())
+                    self.submitted += 1
+                    job_id = answer.id
+                    await self._record(
+                        ManifestRecord(
+                            index=index,
+                            state="submitted",
+                            fingerprint=fp,
+                            job_id=answer.id,
+                            attempt=attempt,
+                            track_id=sent.track_id,
+                        )
+                    )
+                    self._changed()
+                generation = await self.client.wait(answer)
+                if generation.id is None and job_id is not None:
+                    generation = attrs.evolve(generation, id=job_id)
+                images = await self.client.download(generation, self.dest)
+            except GenerationFailed as exc:
+                if exc.transient and attempt < self.max_resubmits:
+                    attempt += 1
+                    continue
+                return await self._failed(index, request, fp, exc, job_id, attempt)
+            except ModelsLabError as exc:
+                return await self._failed(index, request, fp, exc, job_id, attempt)
+            files = tuple(img.path for img in images if img.path is not None)
+            await self._record(
+                ManifestRecord(
+                    index=index,
+                    state="done",
+                    fingerprint=fp,
+                    job_id=generation.id,
+                    files=tuple(str(f) for f in files),
+                    attempt=attempt,
+                )
+            )
+            return BatchResult(
+                index=index,
+                request=request,
+                generation=attrs.evolve(generation, images=tuple(images)),
+                files=files,
+                job_id=generation.id,
+            )
+
+    def _prepare(
+        self, request: Text2ImgRequest, fp: str, index: int, attempt: int
+    ) -> Text2ImgRequest:
+        changes: dict[str, Any] = {}
+        if request.track_id is None:
+            changes["track_id"] = f"mla-{fp[:20]}-{index}" + (f"-r{attempt}" if attempt else "")
+        if self.webhook is not None and request.webhook is None:
+            changes["webhook"] = self.webhook.url
+        return request.replace(**changes) if changes else request
+
+    def _first_check(self) -> float | None:
+        return None
+
+    async def _failed(
+        self,
+        index: int,
+        request: Text2ImgRequest,
+        fp: str,
+        error: ModelsLabError,
+        job_id: JobId | None,
+        attempt: int,
+    ) -> BatchResult:
+        job_id = job_id if job_id is not None else getattr(error, "job_id", None)
+        await self._record(
+            ManifestRecord(
+                index=index,
+                state="failed",
+                fingerprint=fp,
+                job_id=job_id,
+                error=error_record(error),
+                attempt=attempt,
+            )
+        )
+        return BatchResult(index=index, request=request, error=error, job_id=job_id)
+
+    async def _from_manifest(
+        self, index: int, request: Text2ImgRequest, record: ManifestRecord
+    ) -> BatchResult | None:
+        files = [Path(f) for f in record.files]
+        if self.dest is not None and not files:
+            return None
+        ok = await anyio.to_thread.run_sync(lambda: all(verify_image_file(f) for f in files))
+        if not ok:
+            return None
+        self.from_manifest += 1
+        images = tuple(
+            GeneratedImage(url="", index=i, job_id=record.job_id, path=f)
+            for i, f in enumerate(files)
+        )
+        generation = Generation(id=record.job_id, request=request, images=images)
+        return BatchResult(
+            index=index,
+            request=request,
+            generation=generation,
+            files=files,
+            job_id=record.job_id,
+            from_manifest=True,
+        )
+
+
+def _resumable(record: ManifestRecord) -> bool:
+    kind = (record.error or {}).get("type", "")
+    return kind in {cls.__name__ for cls in _RESUMABLE}
+
+
+async def _lazy(
+    requests: Iterable[RequestLike] | AsyncIterable[RequestLike], slots: anyio.CapacityLimiter
+) -> AsyncIterator[tuple[object, RequestLike]]:
+    """Yield (slot token, item), taking the next item only after a slot was acquired."""
+    if isinstance(requests, AsyncIterable):
+        iterator: Any = requests.__aiter__()
+        is_async = True
+    else:
+        iterator = iter(requests)
+        is_async = False
+    while True:
+        token = object()
+        await slots.acquire_on_behalf_of(token)
+        try:
+            if is_async:
+                item = await iterator.__anext__()
+            else:
+                item = next(iterator)
+        except (StopIteration, StopAsyncIteration):
+            slots.release_on_behalf_of(token)
+            return
+        except BaseException:
+            slots.release_on_behalf_of(token)
+            raise
+        yield token, item
+
+
+async def run_batch(
+    client: Client,
+    requests: Iterable[RequestLike] | AsyncIterable[RequestLike],
+    *,
+    dest: str | os.PathLike[str] | None = None,
+    manifest: str | os.PathLike[str] | None = None,
+    max_in_flight: int | None = None,
+    on_progress: Callable[[BatchProgress], Any] | None = None,
+    retry_failed: bool = False,
+    max_resubmits: int = 2,
+    webhook: Any = None,
+) -> AsyncIterator[BatchResult]:
+    """The async generator behind ``Client.generate_many`` (see the module docstring).
+
+    The work runs in the client's task group under its own cancel scope; leaving the
+    loop (``break``, an exception, cancellation) cancels it and waits until it stopped.
+    Use ``contextlib.aclosing`` to make that happen at the ``break`` itself rather than
+    when the generator is collected.
+    """
+    client._check_open()
+    if max_in_flight is None:
+        limit = client.in_flight_limit + max(2, math.ceil(client.in_flight_limit / 4))
+        if client.limiter.adaptive:
+            limit = 64
+    elif (
+        isinstance(max_in_flight, int)
+        and not isinstance(max_in_flight, bool)
+        and max_in_flight >= 1
+    ):
+        limit = max_in_flight
+    else:
+        from ._errors import ConfigurationError
+
+        raise ConfigurationError(f"max_in_flight: got {max_in_flight!r}, allowed an integer >= 1")
+    batch = _Batch(
+        client,
+        requests,
+        dest=dest,
+        manifest=manifest,
+        limit=limit,
+        on_progress=on_progress,
+        retry_failed=retry_failed,
+        max_resubmits=max_resubmits,
+        webhook=webhook,
+    )
+    send, receive = anyio.create_memory_object_stream[BatchResult](limit)
+    assert client._tg is not None
+    await client._tg.start(batch.run, send)
+    try:
+        async with receive:
+            async for result in receive:
+                yield result
+        if batch.failure is not None:
+            raise batch.failure
+    finally:
+        batch.cancel()
+        with anyio.CancelScope(shield=True):
+            await batch.stopped.wait()

@@ -1,0 +1,374 @@
+"""Image download and base64 decoding, with atomic file writes.
+
+A link that answers 404/403 shortly after ``success`` is "not there yet" (the CDN lags the
+GPU) and is retried with backoff up to ``not_ready_timeout`` seconds; other failures
+(5xx, reset, cut-off body) are retried under the transport's policy; after the primary
+link keeps failing, its ``proxy_links`` mirror is tried. A body is streamed to a
+``.part`` file beside its destination and moved into place with ``os.replace`` only after
+its length (``Content-Length``) and image signature (PNG/JPEG/WebP/GIF) check out, so a
+crash never leaves a partial file under a final name. Files are named
+``{job_id}-{index}.{ext}``, so a rerun overwrites its own files and nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+import anyio
+import attrs
+
+from . import _constants as C
+from ._errors import DownloadError, JobId, ModelsLabError, TransportError
+from ._redact import excerpt
+from ._transport import Transport, _AttemptFailed, _Outcome, is_testing
+from ._types import GeneratedImage, Generation
+
+_SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "png", "image/png"),
+    (b"\xff\xd8\xff", "jpg", "image/jpeg"),
+    (b"GIF87a", "gif", "image/gif"),
+    (b"GIF89a", "gif", "image/gif"),
+)
+_DATA_PREFIX = re.compile(rb"^\s*data:[\w/+.-]*;base64,", re.IGNORECASE)
+PART_SUFFIX = ".part"
+
+
+def sniff(head: bytes) -> tuple[str, str] | None:
+    """(extension, content type) from an image's first bytes, or None if not an image."""
+    for magic, ext, ctype in _SIGNATURES:
+        if head.startswith(magic):
+            return ext, ctype
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp", "image/webp"
+    return None
+
+
+@attrs.frozen(kw_only=True)
+class DownloadPolicy:
+    """Limits of a download: ``max_bytes`` per image, ``not_ready_timeout`` seconds of
+    404/403 retries after success, ``chunk_size`` bytes per write."""
+
+    max_bytes: int = C.DEFAULT_MAX_IMAGE_BYTES
+    not_ready_timeout: float = 45.0
+    not_ready_initial: float = 0.25
+    not_ready_max: float = 2.0
+    chunk_size: int = 1024 * 1024
+    concurrency: int = 4
+
+
+def file_stem(generation: Generation, index: int) -> str:
+    """``{job_id}-{index}``; falls back to the link's own name when the job id is unknown."""
+    job_id = generation.id
+    if job_id is None or job_id == "":
+        name = Path(urlsplit(generation.output[index]).path).stem if generation.output else ""
+        job_id = re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "image"
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(job_id))
+    return f"{safe}-{index}"
+
+
+def decode_base64_image(text: bytes, *, url: str, job_id: JobId | None) -> bytes:
+    """Decode the body of a ``.base64`` link (an optional ``data:`` prefix is stripped)."""
+    body = _DATA_PREFIX.sub(b"", text.strip(), count=1)
+    body = b"".join(body.split())
+    try:
+        data = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise DownloadError(
+            f"{url}: not valid base64 text ({excerpt(text, 60)})", url=url, job_id=job_id
+        ) from exc
+    return data
+
+
+class Downloader:
+    """Downloads a generation's images through a client's transport."""
+
+    def __init__(self, transport: Transport, policy: DownloadPolicy | None = None) -> None:
+        self.transport = transport
+        self.policy = policy or DownloadPolicy()
+
+    async def download(
+        self, generation: Generation, dest: str | os.PathLike[str] | None = None
+    ) -> list[GeneratedImage]:
+        """Every image of *generation*, in order: written under *dest*, or as bytes."""
+        links = generation.output
+        if not links:
+            return []
+        folder = Path(dest) if dest is not None else None
+        if folder is not None:
+            await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
+        results: list[GeneratedImage | None] = [None] * len(links)
+        errors: list[ModelsLabError] = []
+        limiter = anyio.CapacityLimiter(max(1, self.policy.concurrency))
+
+        async def one(index: int) -> None:
+            async with limiter:
+                try:
+                    results[index] = await self._one(generation, index, folder)
+                except ModelsLabError as exc:
+                    errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for index in range(len(links)):
+                tg.start_soon(one, index)
+        if errors:
+            raise errors[0]
+        return [r for r in results if r is not None]
+
+    async def _one(self, generation: Generation, index: int, folder: Path | None) -> GeneratedImage:
+        primary = generation.output[index]
+        candidates = [primary]
+        if index < len(generation.proxy_links) and generation.proxy_links[index] != primary:
+            candidates.append(generation.proxy_links[index])
+        last: ModelsLabError | None = None
+        for url in candidates:
+            try:
+                return await self._from_url(generation, index, url, folder)
+            except ModelsLabError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    async def _from_url(
+        self, generation: Generation, index: int, url: str, folder: Path | None
+    ) -> GeneratedImage:
+        job_id = generation.id
+        scheme = urlsplit(url).scheme
+        if scheme not in ("http", "https"):
+            raise DownloadError(
+                f"refusing to download a non-http(s) link: {url}", url=url, job_id=job_id
+            )
+        is_b64 = urlsplit(url).path.endswith(".base64")
+        stem = file_stem(generation, index)
+        started = time.monotonic()
+        not_ready = 0
+
+        async def attempt() -> GeneratedImage:
+            nonlocal not_ready
+            while True:
+                try:
+                    return await self._get(url, job_id, index, stem, folder, is_b64)
+                except _NotReady as exc:
+                    elapsed = time.monotonic() - started
+                    if elapsed >= self.policy.not_ready_timeout:
+                        raise DownloadError(
+                            f"{url}: still HTTP {exc.status} {elapsed:.1f}s after the job finished",
+                            url=url,
+                            job_id=job_id,
+                            status_code=exc.status,
+                        ) from None
+                    wait = min(
+                        self.policy.not_ready_max,
+                        self.policy.not_ready_initial * 1.6**not_ready,
+                    )
+                    not_ready += 1
+                    await anyio.sleep(0.0 if is_testing() else wait)
+
+        return await self.transport.with_retries("download", attempt)
+
+    async def _get(
+        self,
+        url: str,
+        job_id: JobId | None,
+        index: int,
+        stem: str,
+        folder: Path | None,
+        is_b64: bool,
+    ) -> GeneratedImage:
+        session = self.transport.session
+        self.transport.counters["download"] += 1
+        limit = self.policy.max_bytes * (2 if is_b64 else 1)
+        writer: _PartWriter | None = None
+        try:
+            async with session.get(url) as resp:
+                if resp.status in (403, 404):
+                    raise _NotReady(resp.status)
+                if resp.status >= 400:
+                    raise _AttemptFailed(
+                        _Outcome(
+                            TransportError(
+                                f"download {url}: HTTP {resp.status}", url=url, kind="http"
+                            ),
+                            sent=True,
+                        )
+                    )
+                expected = resp.content_length
+                if expected is not None and expected > limit:
+                    raise DownloadError(
+                        f"{url}: {expected} bytes is over the {limit}-byte cap",
+                        url=url,
+                        job_id=job_id,
+                    )
+                buffer = bytearray()
+                received = 0
+                head = b""
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    received += len(chunk)
+                    if received > limit:
+                        raise DownloadError(
+                            f"{url}: body over the {limit}-byte cap", url=url, job_id=job_id
+                        )
+                    if not head:
+                        head = bytes(chunk[:16])
+                        if not is_b64 and sniff(head) is None:
+                            if head.lstrip()[:1] == b"<":
+                                raise _NotReady(resp.status)  # an HTML "not found" page
+                            raise DownloadError(
+                                f"{url}: not an image (starts {excerpt(head, 20)!r})",
+                                url=url,
+                                job_id=job_id,
+                            )
+                    buffer += chunk
+                    if folder is not None and not is_b64 and len(buffer) >= self.policy.chunk_size:
+                        if writer is None:
+                            writer = await _PartWriter.open(folder, stem)
+                        await writer.write(bytes(buffer))
+                        buffer.clear()
+                if expected is not None and received != expected:
+                    raise _AttemptFailed(
+                        _Outcome(
+                            TransportError(
+                                f"download {url}: got {received} of {expected} bytes",
+                                url=url,
+                                kind="truncated",
+                            ),
+                            sent=True,
+                        )
+                    )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if writer is not None:
+                await writer.discard()
+            raise _AttemptFailed(
+                _Outcome(
+                    TransportError(f"download {url}: {type(exc).__name__}", url=url, kind="reset"),
+                    sent=True,
+                )
+            ) from exc
+        except BaseException:
+            if writer is not None:
+                with anyio.CancelScope(shield=True):
+                    await writer.discard()
+            raise
+        if is_b64:
+            if buffer.lstrip()[:1] == b"<":
+                raise _NotReady(200)
+            data = decode_base64_image(bytes(buffer), url=url, job_id=job_id)
+            kind = sniff(data[:16])
+            if kind is None:
+                raise DownloadError(
+                    f"{url}: decoded base64 is not an image", url=url, job_id=job_id
+                )
+        else:
+            data = bytes(buffer)
+            kind = sniff(head)
+            if kind is None:  # empty body
+                raise _AttemptFailed(
+                    _Outcome(
+                        TransportError(f"download {url}: empty body", url=url, kind="truncated"),
+                        sent=True,
+                    )
+                )
+        ext, ctype = kind
+        if folder is None:
+            return GeneratedImage(
+                url=url, index=index, job_id=job_id, data=data, content_type=ctype
+            )
+        if writer is None:
+            writer = await _PartWriter.open(folder, stem)
+        try:
+            await writer.write(data if is_b64 else bytes(buffer))
+            path = await writer.commit(folder / f"{stem}.{ext}")
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await writer.discard()
+            raise
+        return GeneratedImage(url=url, index=index, job_id=job_id, path=path, content_type=ctype)
+
+
+class _NotReady(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class _PartWriter:
+    """A ``.part`` file written from a worker thread, renamed into place on commit."""
+
+    def __init__(self, path: Path, handle: object) -> None:
+        self.path = path
+        self._handle = handle
+
+    @classmethod
+    async def open(cls, folder: Path, stem: str) -> _PartWriter:
+        path = folder / f".{stem}.{secrets.token_hex(4)}{PART_SUFFIX}"
+        handle = await anyio.to_thread.run_sync(lambda: open(path, "wb"))  # noqa: SIM115
+        return cls(path, handle)
+
+    async def write(self, data: bytes) -> None:
+        handle = self._handle
+        await anyio.to_thread.run_sync(handle.write, data)  # type: ignore[attr-defined]
+
+    async def commit(self, final: Path) -> Path:
+        handle = self._handle
+        path = self.path
+
+        def finish() -> None:
+            handle.flush()  # type: ignore[attr-defined]
+            handle.close()  # type: ignore[attr-defined]
+            os.replace(path, final)
+
+        await anyio.to_thread.run_sync(finish)
+        return final
+
+    async def discard(self) -> None:
+        handle = self._handle
+        path = self.path
+
+        def drop() -> None:
+            try:
+                handle.close()  # type: ignore[attr-defined]
+            finally:
+                path.unlink(missing_ok=True)
+
+        await anyio.to_thread.run_sync(drop)
+
+
+def remove_stale_parts(folder: str | os.PathLike[str]) -> int:
+    """Delete ``.part`` files this module left behind (a killed run); returns the count."""
+    removed = 0
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    for path in root.glob(f".*{PART_SUFFIX}"):
+        if re.fullmatch(r"\..+\.[0-9a-f]{8}\.part", path.name):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def verify_image_file(path: str | os.PathLike[str]) -> bool:
+    """True when *path* exists and starts with an image signature."""
+    try:
+        with open(path, "rb") as handle:
+            return sniff(handle.read(16)) is not None
+    except OSError:
+        return False
+
+
+__all__: Sequence[str] = [
+    "DownloadPolicy",
+    "Downloader",
+    "decode_base64_image",
+    "file_stem",
+    "remove_stale_parts",
+    "sniff",
+    "verify_image_file",
+]

@@ -1,0 +1,182 @@
+"""The JSONL manifest: one record per state change, appended and fsynced.
+
+Format (public; pipelines read it): one JSON object per line, the last record of an
+``index`` wins::
+
+    {"index": 0, "state": "submitted" | "done" | "failed", "fingerprint": "<sha256>",
+     "job_id": 123 | null, "files": ["out/123-0.png"],
+     "error": {"type": "GenerationFailed", "message": "..."} | null,
+     "time": 1764000000.0, "attempt": 0, "track_id": "..."}
+
+Records are written by a worker thread and fsynced in groups: every caller of
+:meth:`Manifest.append` returns once its record is on disk. A line cut off by a crash is
+ignored when the manifest is read back. The API key never appears in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import attrs
+
+from ._errors import JobId, ModelsLabError
+from ._redact import redact
+
+State = Literal["submitted", "done", "failed"]
+
+
+@attrs.frozen(kw_only=True)
+class ManifestRecord:
+    """One line of the manifest."""
+
+    index: int
+    state: State
+    fingerprint: str
+    job_id: JobId | None = None
+    files: tuple[str, ...] = ()
+    error: Mapping[str, str] | None = None
+    time: float = attrs.field(factory=time.time)
+    attempt: int = 0
+    track_id: str | int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "state": self.state,
+            "fingerprint": self.fingerprint,
+            "job_id": self.job_id,
+            "files": list(self.files),
+            "error": dict(self.error) if self.error is not None else None,
+            "time": round(self.time, 6),
+            "attempt": self.attempt,
+            "track_id": self.track_id,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ManifestRecord:
+        state = data.get("state")
+        if state not in ("submitted", "done", "failed"):
+            raise ValueError(f"unknown state {state!r}")
+        error = data.get("error")
+        return cls(
+            index=int(data["index"]),
+            state=state,
+            fingerprint=str(data.get("fingerprint", "")),
+            job_id=data.get("job_id"),
+            files=tuple(str(f) for f in data.get("files") or ()),
+            error={str(k): str(v) for k, v in error.items()} if isinstance(error, dict) else None,
+            time=float(data.get("time") or 0.0),
+            attempt=int(data.get("attempt") or 0),
+            track_id=data.get("track_id"),
+        )
+
+
+def error_record(error: BaseException) -> dict[str, str]:
+    """The ``error`` object of a failed record: the class name and a redacted message."""
+    info = {"type": type(error).__name__, "message": redact(str(error))}
+    job_id = getattr(error, "job_id", None)
+    if job_id not in (None, ""):
+        info["job_id"] = str(job_id)
+    return info
+
+
+def read_records(path: str | os.PathLike[str]) -> Iterator[ManifestRecord]:
+    """Every well-formed record of the manifest at *path*, in order (a torn line is skipped)."""
+    try:
+        handle = open(path, encoding="utf-8")  # noqa: SIM115
+    except FileNotFoundError:
+        return
+    with handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield ManifestRecord.from_json(json.loads(line))
+            except (ValueError, KeyError, TypeError):
+                continue
+
+
+def load_state(path: str | os.PathLike[str]) -> dict[int, ManifestRecord]:
+    """The last record of each index."""
+    state: dict[int, ManifestRecord] = {}
+    for record in read_records(path):
+        state[record.index] = record
+    return state
+
+
+class Manifest:
+    """An append-only JSONL manifest with group-committed, fsynced writes."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._handle: Any = None
+        self._pending: list[str] = []
+        self._lock = anyio.Lock()
+        self.previous: dict[int, ManifestRecord] = {}
+        self.written = 0
+
+    async def open(self) -> Manifest:
+        """Read the previous run's state and open the file for appending."""
+
+        def _open() -> tuple[dict[int, ManifestRecord], Any]:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            previous = load_state(self.path)
+            handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            # A torn last line (crash mid-write) must not glue onto the next record.
+            if handle.tell() > 0:
+                with open(self.path, "rb") as check:
+                    check.seek(-1, os.SEEK_END)
+                    if check.read(1) != b"\n":
+                        handle.write("\n")
+            return previous, handle
+
+        self.previous, self._handle = await anyio.to_thread.run_sync(_open)
+        return self
+
+    async def append(self, record: ManifestRecord) -> None:
+        """Append *record*; returns once it (and any record queued before it) is fsynced."""
+        if self._handle is None:
+            raise RuntimeError("manifest is not open")
+        line = json.dumps(record.to_json(), separators=(",", ":"), default=str)
+        self._pending.append(redact(line))
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                if not self._pending:
+                    return  # a writer before us wrote ours too
+                lines, self._pending = self._pending, []
+                await anyio.to_thread.run_sync(self._write, lines)
+
+    def _write(self, lines: list[str]) -> None:
+        handle = self._handle
+        handle.write("\n".join(lines) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+        self.written += len(lines)
+
+    async def close(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(handle.close)
+
+
+def error_from_record(record: ManifestRecord) -> ModelsLabError:
+    """Rebuild a (generic) error from a failed record, for results of items not retried."""
+    from . import _errors
+
+    info = record.error or {}
+    cls = getattr(_errors, info.get("type", ""), None)
+    message = info.get("message", "failed in a previous run")
+    error = ModelsLabError(message)
+    if isinstance(cls, type) and issubclass(cls, ModelsLabError):
+        error = cls.__new__(cls)
+        ModelsLabError.__init__(error, message)
+    error.job_id = record.job_id  # type: ignore[attr-defined]
+    return error

@@ -1,0 +1,540 @@
+"""The single poller: one coroutine resolves every ``processing`` job of a client.
+
+It keeps a deadline heap of tracked jobs. Each job's checks follow a schedule of offsets
+from its *anchor* (answer time + the API's ``eta``). The schedule is learned online: the
+poller records, for every job it resolves, the interval in which the job became ready
+(between its last ``processing`` answer and its ``success``), relative to the anchor, in a
+per-``eta`` bucket. From that distribution it computes, by dynamic programming on a 50 ms
+grid, the check times minimising
+
+    expected fetches + expected lag / fetch_cost
+
+with no gap longer than ``max_gap`` where the distribution has mass, so most checks fall
+where jobs actually finish. Before enough jobs were seen a prior spread around the eta is
+used. A ``processing`` answer with a new eta re-anchors the job when it moves the expected
+ready time past the schedule. Once the schedule is used up, checks back off from
+``initial_backoff`` by ``backoff_factor`` to ``max_backoff``, with jitter.
+
+Due jobs are fetched concurrently (``fetch_concurrency``) in the poller's task group;
+there is no task per waiting job and no busy loop.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import itertools
+import logging
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+import attrs
+
+from ._errors import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    GenerationFailed,
+    GenerationTimeout,
+    JobId,
+    ModelsLabError,
+)
+from ._types import Generation, Job
+
+log = logging.getLogger("modelslab_async")
+
+_GRID = 0.05  # seconds
+
+
+def _positive(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is None and attr.name in ("max_wait", "max_gap"):
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ConfigurationError(f"PollPolicy.{attr.name}: got {value!r}, allowed a number >= 0")
+
+
+@attrs.frozen(kw_only=True)
+class PollPolicy:
+    """When the poller checks a processing job.
+
+    - ``fetch_cost``: seconds of result lag one fetch call is worth; lower = more checks
+      and less lag. ``max_gap``: the longest gap between two checks where jobs are
+      expected to finish (None: no cap). Both shape the learned schedule.
+    - ``lead``: with no history yet, how much before ``eta`` the prior schedule may start.
+    - ``initial_backoff``, ``backoff_factor``, ``max_backoff``, ``jitter``: the checks after
+      the schedule is used up (a job later than every job seen so far).
+    - ``max_wait``: per-job limit in seconds (None: none); past it ``wait`` raises
+      :class:`GenerationTimeout`, and the job can still be fetched by id.
+    - ``fetch_concurrency``: fetch calls in flight at once. ``max_fetch_errors``:
+      consecutive failed fetches (after the transport's own retries) before the job fails.
+    - ``learn``: learn the schedule from resolved jobs (False: prior + backoff only).
+    """
+
+    fetch_cost: float = attrs.field(default=0.2, validator=_positive)
+    max_gap: float | None = attrs.field(default=0.45, validator=_positive)
+    lead: float = attrs.field(default=1.0, validator=_positive)
+    initial_backoff: float = attrs.field(default=0.25, validator=_positive)
+    backoff_factor: float = attrs.field(default=1.5, validator=_positive)
+    max_backoff: float = attrs.field(default=3.0, validator=_positive)
+    jitter: float = attrs.field(default=0.1, validator=_positive)
+    max_wait: float | None = attrs.field(default=1800.0, validator=_positive)
+    fetch_concurrency: int = attrs.field(default=32, validator=_positive)
+    max_fetch_errors: int = attrs.field(default=8, validator=_positive)
+    min_samples: int = attrs.field(default=24, validator=_positive)
+    history: int = attrs.field(default=400, validator=_positive)
+    learn: bool = True
+
+    @classmethod
+    def frugal(cls, **changes: Any) -> PollPolicy:
+        """Few fetch calls (about 1.3 per job), at the cost of more lag."""
+        base = cls(fetch_cost=1.5, max_gap=None, lead=0.0, initial_backoff=0.5, max_backoff=5.0)
+        return attrs.evolve(base, **changes)
+
+    @classmethod
+    def eager(cls, **changes: Any) -> PollPolicy:
+        """Lowest lag, more fetch calls (web backends waiting on one image)."""
+        return attrs.evolve(cls(fetch_cost=0.05, max_gap=0.25), **changes)
+
+
+# --- the learned schedule -------------------------------------------------------------------
+
+_BUCKET_EDGES = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
+
+
+def _bucket(eta: float) -> int:
+    return bisect.bisect_left(_BUCKET_EDGES, max(0.0, eta))
+
+
+def _prior_intervals(eta: float, lead: float) -> list[tuple[float, float]]:
+    """A flat prior over [-(lead + 40% eta), +(1 + 50% eta)] around the anchor."""
+    lo = -(lead + 0.4 * eta)
+    hi = 1.0 + 0.5 * eta
+    n = 40
+    step = (hi - lo) / n
+    return [(lo + i * step, lo + (i + 1) * step) for i in range(n)]
+
+
+def optimal_offsets(
+    intervals: Sequence[tuple[float, float]],
+    *,
+    fetch_cost: float,
+    max_gap: float | None,
+    tail: float = 0.005,
+) -> list[float]:
+    """Check offsets minimising E[fetches] + E[lag]/fetch_cost over interval-censored samples.
+
+    Each sample (lo, hi] is spread evenly over the grid between lo and hi. No gap between
+    checks is longer than ``max_gap`` where mass lies; the first check may leave up to
+    ``tail`` of the mass waiting longer than ``max_gap``.
+    """
+    if not intervals:
+        return []
+    lo = min(a for a, _ in intervals)
+    hi = max(b for _, b in intervals)
+    span = max(hi - lo, _GRID)
+    step = max(_GRID, span / 400)
+    n = math.ceil(span / step) + 1
+    xs = [lo + i * step for i in range(n)]
+    mass = [0.0] * n
+    weight = 1.0 / len(intervals)
+    for a, b in intervals:
+        i0 = min(n - 1, max(0, math.ceil((a - lo) / step - 1e-9)))
+        i1 = min(n - 1, max(i0, math.ceil((b - lo) / step - 1e-9)))
+        share = weight / (i1 - i0 + 1)
+        for i in range(i0, i1 + 1):
+            mass[i] += share
+    cum_p = list(itertools.accumulate(mass))
+    cum_q = list(itertools.accumulate(m * x for m, x in zip(mass, xs, strict=True)))
+    total = cum_p[-1]
+    lam = 1.0 / max(fetch_cost, 1e-6)
+    gap_steps = n if max_gap is None else max(1, int(max_gap / step + 1e-9))
+    inf = float("inf")
+    best = [inf] * n
+    nxt = [-1] * n
+    last = n - 1
+    while last > 0 and mass[last] == 0.0:
+        last -= 1
+    best[last] = 0.0
+    for i in range(last - 1, -1, -1):
+        survive = total - cum_p[i]
+        if survive <= 1e-12:
+            best[i] = 0.0
+            continue
+        x_lo = i + 1
+        x_hi = min(last, i + gap_steps)
+        # A gap may exceed max_gap only where no mass lies in it beyond max_gap.
+        for j in range(x_lo, x_hi + 1):
+            p = cum_p[j] - cum_p[i]
+            lag = xs[j] * p - (cum_q[j] - cum_q[i])
+            cost = survive + lam * lag + best[j]
+            if cost < best[i]:
+                best[i] = cost
+                nxt[i] = j
+        if nxt[i] == -1 and x_hi < last:  # pragma: no cover - defensive
+            nxt[i] = x_hi
+            best[i] = survive + best[x_hi]
+    # The first check: any j, as long as little mass waits longer than max_gap before it.
+    first, first_cost = -1, inf
+    for j in range(0, last + 1):
+        if max_gap is not None:
+            early = xs[j] - max_gap
+            k = bisect.bisect_left(xs, early) - 1
+            if k >= 0 and cum_p[k] > tail * total:
+                break
+        lag = xs[j] * cum_p[j] - cum_q[j]
+        cost = total + lam * lag + best[j]
+        if cost < first_cost:
+            first, first_cost = j, cost
+    offsets: list[float] = []
+    j = first
+    while j != -1 and len(offsets) < 10_000:
+        offsets.append(xs[j])
+        if j >= last:
+            break
+        j = nxt[j]
+    return offsets
+
+
+class ScheduleModel:
+    """Per-eta-bucket histories of ready offsets and the schedules computed from them."""
+
+    def __init__(self, policy: PollPolicy) -> None:
+        self.policy = policy
+        self._samples: dict[int, deque[tuple[float, float]]] = {}
+        self._cache: dict[int, tuple[int, list[float]]] = {}
+        self._added: dict[int, int] = {}
+
+    def observe(self, eta: float, lo: float, hi: float) -> None:
+        """Record that a job anchored with *eta* became ready between offsets lo and hi."""
+        if not self.policy.learn or not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
+            return
+        b = _bucket(eta)
+        history = self._samples.setdefault(b, deque(maxlen=self.policy.history))
+        history.append((lo, hi))
+        self._added[b] = self._added.get(b, 0) + 1
+
+    def samples(self, eta: float) -> int:
+        return len(self._samples.get(_bucket(eta), ()))
+
+    def offsets(self, eta: float) -> list[float]:
+        """The check offsets for a job anchored with *eta* (learned, or the prior)."""
+        b = _bucket(eta)
+        history = self._samples.get(b)
+        if history is None or len(history) < self.policy.min_samples:
+            key = -1000 - round(eta * 4)
+            cached = self._cache.get(key)
+            if cached is None:
+                offsets = optimal_offsets(
+                    _prior_intervals(eta, self.policy.lead),
+                    fetch_cost=self.policy.fetch_cost,
+                    max_gap=self.policy.max_gap,
+                )
+                cached = (0, offsets)
+                self._cache[key] = cached
+            return cached[1]
+        added = self._added.get(b, 0)
+        cached = self._cache.get(b)
+        refresh = max(8, len(history) // 8)
+        if cached is None or added - cached[0] >= refresh:
+            offsets = optimal_offsets(
+                list(history), fetch_cost=self.policy.fetch_cost, max_gap=self.policy.max_gap
+            )
+            cached = (added, offsets)
+            self._cache[b] = cached
+        return cached[1]
+
+
+# --- tracked jobs ---------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _Tracked:
+    job_id: JobId
+    job: Job
+    anchor: float
+    eta: float
+    offsets: list[float]
+    next_index: int
+    last_check: float
+    deadline: float | None
+    done: anyio.Event = attrs.field(factory=anyio.Event)
+    result: Generation | None = None
+    error: ModelsLabError | None = None
+    waiters: int = 0
+    fetches: int = 0
+    errors: int = 0
+    backoffs: int = 0
+    version: int = 0
+    in_fetch: bool = False
+    on_resolved: Callable[[_Tracked], None] | None = None
+
+    @property
+    def resolved(self) -> bool:
+        return self.done.is_set()
+
+
+@attrs.frozen
+class PollerStats:
+    """A snapshot of the poller: jobs waiting, fetches in flight and made, schedule state."""
+
+    tracked: int
+    fetching: int
+    fetches: int
+    resolved: int
+    learned_samples: int
+
+
+class Poller:
+    """Resolves processing jobs; run :meth:`run` in the client's task group."""
+
+    def __init__(
+        self,
+        fetch: Callable[[JobId, Job], Any],
+        policy: PollPolicy | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self.policy = policy or PollPolicy()
+        self.model = ScheduleModel(self.policy)
+        self._clock = clock
+        self._heap: list[tuple[float, int, int, _Tracked]] = []
+        self._seq = itertools.count()
+        self._tracked: dict[JobId, _Tracked] = {}
+        self._wakeup = anyio.Event()
+        self._limiter = anyio.CapacityLimiter(max(1, self.policy.fetch_concurrency))
+        self._fetching = 0
+        self._fetches = 0
+        self._resolved = 0
+        self._running = False
+
+    # --- public ---------------------------------------------------------------------------
+
+    def statistics(self) -> PollerStats:
+        return PollerStats(
+            tracked=len(self._tracked),
+            fetching=self._fetching,
+            fetches=self._fetches,
+            resolved=self._resolved,
+            learned_samples=sum(len(h) for h in self.model._samples.values()),
+        )
+
+    def track(
+        self,
+        job: Job,
+        *,
+        on_resolved: Callable[[_Tracked], None] | None = None,
+        first_check: float | None = None,
+    ) -> _Tracked:
+        """Start tracking *job* (idempotent per job id); returns its entry.
+
+        ``first_check`` (seconds from now) overrides the schedule's first check, e.g. for
+        webhook jobs whose poll is only a safety net.
+        """
+        existing = self._tracked.get(job.id)
+        if existing is not None and not existing.resolved:
+            return existing
+        now = self._clock()
+        elapsed = max(0.0, time.time() - job.submitted_at)
+        answered = now - min(elapsed, 3600.0)
+        anchor = answered + max(0.0, job.eta)
+        offsets = self.model.offsets(job.eta)
+        deadline = None if self.policy.max_wait is None else answered + self.policy.max_wait
+        entry = _Tracked(
+            job_id=job.id,
+            job=job,
+            anchor=anchor,
+            eta=job.eta,
+            offsets=offsets,
+            next_index=0,
+            last_check=answered,
+            deadline=deadline,
+            on_resolved=on_resolved,
+        )
+        self._tracked[job.id] = entry
+        if first_check is not None:
+            self._arm(entry, now + first_check)
+        else:
+            self._arm_next(entry, now)
+        return entry
+
+    async def wait(self, entry: _Tracked, timeout: float | None = None) -> Generation:
+        """Wait for *entry* to resolve; raises its error. Cancelling leaves the others be."""
+        entry.waiters += 1
+        try:
+            if timeout is None:
+                await entry.done.wait()
+            else:
+                with anyio.move_on_after(timeout) as scope:
+                    await entry.done.wait()
+                if scope.cancelled_caught and not entry.resolved:
+                    raise GenerationTimeout(entry.job_id, timeout)
+        finally:
+            entry.waiters -= 1
+            if not entry.resolved and entry.waiters == 0:
+                self._drop(entry)
+        if entry.error is not None:
+            raise entry.error
+        assert entry.result is not None  # resolved with a result when no error
+        return entry.result
+
+    def forget(self, job_id: JobId) -> None:
+        """Stop tracking *job_id* (its waiters are woken with a cancellation-free timeout)."""
+        entry = self._tracked.get(job_id)
+        if entry is not None and not entry.resolved:
+            self._drop(entry)
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The poller loop; runs until cancelled (the client's exit cancels it)."""
+        self._running = True
+        try:
+            async with anyio.create_task_group() as tg:
+                task_status.started()
+                while True:
+                    now = self._clock()
+                    while self._heap and self._heap[0][0] <= now:
+                        _, _, version, entry = heapq.heappop(self._heap)
+                        if version != entry.version or entry.resolved or entry.in_fetch:
+                            continue
+                        if entry.deadline is not None and now >= entry.deadline:
+                            waited = now - (entry.deadline - (self.policy.max_wait or 0.0))
+                            self._resolve(entry, error=GenerationTimeout(entry.job_id, waited))
+                            continue
+                        entry.in_fetch = True
+                        tg.start_soon(self._check, entry)
+                    self._wakeup = anyio.Event()
+                    delay = self._heap[0][0] - self._clock() if self._heap else math.inf
+                    if delay > 0:
+                        with anyio.move_on_after(delay):
+                            await self._wakeup.wait()
+        finally:
+            self._running = False
+            for entry in list(self._tracked.values()):
+                if not entry.resolved:
+                    self._drop(entry)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _arm(self, entry: _Tracked, when: float) -> None:
+        entry.version += 1
+        heapq.heappush(self._heap, (when, next(self._seq), entry.version, entry))
+        if self._heap[0][3] is entry:
+            self._wakeup.set()
+
+    def _arm_next(self, entry: _Tracked, now: float) -> None:
+        """Arm the next scheduled check after *now*, or the next backoff step."""
+        offsets = entry.offsets
+        i = entry.next_index
+        while i < len(offsets) and entry.anchor + offsets[i] <= now + 0.01:
+            i += 1
+        if i < len(offsets):
+            entry.next_index = i + 1
+            gap = entry.anchor + offsets[i] - now
+            jitter = random.uniform(0, min(0.05, self.policy.jitter * gap))
+            self._arm(entry, now + gap + jitter)
+            return
+        entry.next_index = len(offsets)
+        wait = min(
+            self.policy.max_backoff,
+            self.policy.initial_backoff * self.policy.backoff_factor**entry.backoffs,
+        )
+        entry.backoffs += 1
+        self._arm(entry, now + wait * (1 + random.uniform(0, self.policy.jitter)))
+
+    async def _check(self, entry: _Tracked) -> None:
+        try:
+            async with self._limiter:
+                if entry.resolved:
+                    return
+                self._fetching += 1
+                sent = self._clock()
+                try:
+                    entry.fetches += 1
+                    self._fetches += 1
+                    answer = await self._fetch(entry.job_id, entry.job)
+                except GenerationFailed as exc:
+                    self._resolve(entry, error=exc)
+                    return
+                except (AuthenticationError, BadRequestError) as exc:
+                    self._resolve(entry, error=exc)
+                    return
+                except (APIError, ModelsLabError) as exc:
+                    entry.errors += 1
+                    log.debug("fetch %s failed (%d): %s", entry.job_id, entry.errors, exc)
+                    if entry.errors >= self.policy.max_fetch_errors:
+                        self._resolve(entry, error=exc)
+                    elif not entry.resolved:
+                        entry.backoffs += 1
+                        self._arm_backoff(entry)
+                    return
+                finally:
+                    self._fetching -= 1
+                entry.errors = 0
+                if isinstance(answer, Generation):
+                    self.model.observe(
+                        entry.eta, entry.last_check - entry.anchor, sent - entry.anchor
+                    )
+                    self._resolve(entry, result=answer)
+                    return
+                self._on_processing(entry, answer, sent)
+        finally:
+            entry.in_fetch = False
+
+    def _arm_backoff(self, entry: _Tracked) -> None:
+        now = self._clock()
+        wait = min(
+            self.policy.max_backoff,
+            self.policy.initial_backoff * self.policy.backoff_factor ** min(entry.backoffs, 30),
+        )
+        self._arm(entry, now + wait * (1 + random.uniform(0, self.policy.jitter)))
+
+    def _on_processing(self, entry: _Tracked, answer: Job, sent: float) -> None:
+        entry.last_check = sent
+        now = self._clock()
+        new_anchor = sent + max(0.0, answer.eta)
+        offsets = entry.offsets
+        last = entry.anchor + (offsets[-1] if offsets else 0.0)
+        # Re-anchor when the API now expects the job later than the whole schedule.
+        if new_anchor > last and answer.eta > 0:
+            entry.anchor = new_anchor
+            entry.eta = answer.eta
+            entry.offsets = self.model.offsets(answer.eta)
+            entry.next_index = 0
+            entry.backoffs = 0
+        self._arm_next(entry, now)
+
+    def _resolve(
+        self,
+        entry: _Tracked,
+        *,
+        result: Generation | None = None,
+        error: ModelsLabError | None = None,
+    ) -> None:
+        if entry.resolved:
+            return
+        entry.result = result
+        entry.error = error
+        entry.version += 1
+        self._resolved += 1
+        if self._tracked.get(entry.job_id) is entry:
+            del self._tracked[entry.job_id]
+        entry.done.set()
+        if entry.on_resolved is not None:
+            entry.on_resolved(entry)
+
+    def _drop(self, entry: _Tracked) -> None:
+        """Stop tracking without a result (its last waiter left, or the poller stopped)."""
+        entry.version += 1
+        if self._tracked.get(entry.job_id) is entry:
+            del self._tracked[entry.job_id]
+        if entry.on_resolved is not None:
+            callback, entry.on_resolved = entry.on_resolved, None
+            callback(entry)
