@@ -470,7 +470,7 @@ class EmulatorApp:
                 return early
             answer, job, index = self._download_answer(request)
             resp = await self._respond(request, "download", fault, answer)
-            if job is not None and fault is None:
+            if job is not None and fault is None and request.method == "GET":
                 js = self.stats.jobs.get(job.id)
                 if js is not None and index not in js.downloads:
                     js.downloads[index] = time.monotonic()

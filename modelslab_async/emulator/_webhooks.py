@@ -5,6 +5,7 @@ Both run in the emulator's task group and are cancelled when the emulator exits.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import time
 
@@ -81,7 +82,7 @@ class WebhookDispatcher:
                 async with session.post(url, data=body, headers=_HEADERS, timeout=timeout) as r:
                     await r.read()
                     ok = 200 <= r.status < 300
-            except (aiohttp.ClientError, TimeoutError, OSError):
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 ok = False
             if ok:
                 if job_stats is not None:
