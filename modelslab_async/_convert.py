@@ -286,6 +286,8 @@ def request_from_wire(data: Mapping[str, Any]) -> Text2ImgRequest:
             extra[name] = value
             continue
         kwargs[name] = _coerce_field(name, value, types[name])
+    if "prompt" not in kwargs:
+        raise RequestValidationError("prompt", None, "a non-empty string (prompt is required)")
     return Text2ImgRequest(**kwargs, extra=extra)
 
 
