@@ -217,7 +217,9 @@ class Client:
         try:
             if tg is not None:
                 tg.cancel_scope.cancel()
-                await tg.__aexit__(*exc_info)
+                # Not *exc_info: the body's own exception must propagate as itself, not
+                # wrapped in an ExceptionGroup by the task group.
+                await tg.__aexit__(None, None, None)
         finally:
             await self._transport.__aexit__(*exc_info)
         return None
