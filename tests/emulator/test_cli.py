@@ -118,27 +118,22 @@ async def test_constructor_overrides() -> None:
 @pytest.mark.anyio
 async def test_python_dash_m_serves_until_interrupted() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(  # noqa: ASYNC220 - a child process that outlives awaits
-        [sys.executable, "-m", "modelslab_async.emulator", "--port", "0", "--duration", "0.01"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    try:
-        assert proc.stdout is not None
-        line = await anyio.to_thread.run_sync(proc.stdout.readline)
-        match = re.search(r"(http://\S+/api/v6)", line)
-        assert match, line
-        base = match.group(1)
-        async with aiohttp.ClientSession() as s:
-            body = {"key": "k", "prompt": "cli"}
-            async with s.post(base + "/images/text2img", json=body) as resp:
-                assert (await resp.json())["status"] == "processing"
-        proc.send_signal(signal.SIGINT)
-        assert await anyio.to_thread.run_sync(lambda: proc.wait(timeout=10)) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    cmd = [sys.executable, "-m", "modelslab_async.emulator", "--port", "0", "--duration", "0.01"]
+    with subprocess.Popen(  # noqa: ASYNC220 - a child process that outlives awaits
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = await anyio.to_thread.run_sync(proc.stdout.readline)
+            match = re.search(r"(http://\S+/api/v6)", line)
+            assert match, line
+            base = match.group(1)
+            async with aiohttp.ClientSession() as s:
+                body = {"key": "k", "prompt": "cli"}
+                async with s.post(base + "/images/text2img", json=body) as resp:
+                    assert (await resp.json())["status"] == "processing"
+            proc.send_signal(signal.SIGINT)
+            assert await anyio.to_thread.run_sync(lambda: proc.wait(timeout=10)) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()

@@ -135,3 +135,13 @@ async def test_failed_job_links_never_work() -> None:
         _, job, _ = await submit(emu, s)
         await wait_done(emu, s, job["id"])
         assert (await get(s, job["future_links"][0]))[0] == 404
+
+
+async def test_head_request_is_not_a_download() -> None:
+    async with running(duration=(0.01, 0.01)) as (emu, s):
+        _, job, _ = await submit(emu, s, width=32, height=32)
+        await wait_done(emu, s, job["id"])
+        async with s.head(job["future_links"][0]) as resp:
+            assert resp.status == 200
+            assert int(resp.headers["Content-Length"]) > 0
+        assert emu.stats.jobs[job["id"]].downloads == {}
