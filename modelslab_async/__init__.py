@@ -1,7 +1,9 @@
 """modelslab_async: an asyncio-first SDK for the ModelsLab text-to-image (Flux) API."""
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: it would add a public ``annotations`` name.
+from ._batch import BatchProgress
+from ._client import Client, ClientStats
+from ._download import DownloadPolicy
 from ._errors import (
     AmbiguousSubmitError,
     APIError,
@@ -19,9 +21,6 @@ from ._errors import (
     ServerError,
     TransportError,
 )
-from ._batch import BatchProgress
-from ._client import Client, ClientStats
-from ._download import DownloadPolicy
 from ._poller import PollPolicy
 from ._transport import RetryPolicy, Timeouts, set_testing
 from ._types import (
@@ -43,8 +42,8 @@ __all__ = [
     "BatchProgress",
     "BatchResult",
     "Client",
-    "ClientStats",
     "ClientStateError",
+    "ClientStats",
     "ConfigurationError",
     "DownloadError",
     "DownloadPolicy",

@@ -507,7 +507,7 @@ def structure_answer(
             url=url,
             body=excerpt(body or json.dumps(data, default=str)),
             path=where,
-        ) from exc
+        ) from None  # cattrs' own errors quote the offending values, which may echo the key
     if status in ("error", "failed") or (status_code is not None and status_code >= 400):
         # An HTTP error status with a JSON body of another shape (``{"message":
         # "Unauthenticated."}``) is classified by its status, not reported as a format error.

@@ -59,7 +59,14 @@ class RequestValidationError(ModelsLabError, ValueError):
         self.field = field
         self.value = value
         self.allowed = allowed
-        shown = redact(repr(value))
+        try:
+            shown = redact(repr(value))
+        except Exception:  # an int past sys.get_int_max_str_digits(), a broken __repr__
+            shown = (
+                f"<an integer of {value.bit_length()} bits>"
+                if isinstance(value, int)
+                else f"<unprintable {type(value).__name__}>"
+            )
         if len(shown) > 80:
             shown = shown[:77] + "..."
         super().__init__(f"{field}: got {shown}, allowed {allowed}")

@@ -48,6 +48,7 @@ from ._errors import (
     APIError,
     AuthenticationError,
     ClientStateError,
+    ConfigurationError,
     GenerationFailed,
     JobId,
     ModelsLabError,
@@ -95,8 +96,6 @@ class Timeouts:
 
 
 def _check_non_negative(inst: Any, attr: attrs.Attribute[Any], value: float) -> None:
-    from ._errors import ConfigurationError
-
     if not isinstance(value, int | float) or value < 0 or math.isnan(value):
         raise ConfigurationError(f"{attr.name}: got {value!r}, allowed a number >= 0")
 
@@ -369,6 +368,10 @@ class Transport:
                 raw = await resp.read()
                 status = resp.status
                 header_wait = parse_retry_after(resp.headers.get("Retry-After"))
+        except aiohttp.InvalidURL:
+            # Nothing was sent: a bad base URL is a configuration error, not a lost submit.
+            # (No chained cause: aiohttp's message quotes the URL unredacted.)
+            raise ConfigurationError(f"{op}: invalid URL {url!r}") from None
         except aiohttp.ClientConnectorError as exc:
             error = TransportError(
                 f"{op}: cannot connect to {url}: {exc.os_error}", url=url, kind="connect"

@@ -69,7 +69,8 @@ def _float_in(lo: float, hi: float) -> Any:
     def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise RequestValidationError(attr.name, value, allowed)
-        if not math.isfinite(value) or not lo <= value <= hi:
+        # Compare before isfinite(): an int too large for a float overflows in isfinite().
+        if not lo <= value <= hi or not math.isfinite(value):
             raise RequestValidationError(attr.name, value, allowed)
 
     return check
@@ -186,7 +187,9 @@ def _check_extra(inst: Any, attr: attrs.Attribute[Any], value: Mapping[str, Any]
                 if name == "key"
                 else f"undocumented fields only; set {name!r} as a field of Text2ImgRequest"
             )
-            raise RequestValidationError(f"extra[{name!r}]", value[name], allowed)
+            # Never quote what may be an API key, even before any client registered it.
+            shown = "<redacted>" if name == "key" else value[name]
+            raise RequestValidationError(f"extra[{name!r}]", shown, allowed)
     try:
         json.dumps(dict(value), allow_nan=False)
     except (TypeError, ValueError) as exc:

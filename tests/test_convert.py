@@ -763,3 +763,102 @@ def test_api_message_reads_every_shape(data: dict[str, Any], text: str | None) -
 
 def test_decode_json_returns_the_document() -> None:
     assert decode_json(b' {"a": [1, "2"]}') == {"a": [1, "2"]}
+
+
+# --- scalar hooks: every loose form the API sends, and what is refused ------------------------
+
+
+@pytest.mark.parametrize(
+    ("hook", "value", "expected"),
+    [
+        ("_to_bool", 1, True),
+        ("_to_bool", 0.0, False),
+        ("_to_bool", " YES ", True),
+        ("_to_bool", "off", False),
+        ("_to_opt_bool", None, None),
+        ("_to_opt_bool", "maybe", None),
+        ("_to_opt_bool", "true", True),
+        ("_to_int", 7.0, 7),
+        ("_to_int", " 512 ", 512),
+        ("_to_int", "7.0", 7),
+        ("_to_opt_int", "", None),
+        ("_to_opt_int", None, None),
+        ("_to_float", 3, 3.0),
+        ("_to_float", " 2.5 ", 2.5),
+        ("_to_opt_float", "", None),
+        ("_to_opt_float", "1.91", 1.91),
+        ("_to_opt_str", 5, "5"),
+        ("_to_opt_str", None, None),
+        ("_to_job_id", 7.0, 7),
+        ("_to_job_id", " 42 ", 42),
+        ("_to_job_id", "abc-1", "abc-1"),
+        ("_to_job_id", "", None),
+        ("_to_links", None, ()),
+        ("_to_links", "https://a/1.png", ("https://a/1.png",)),
+        ("_to_links", ("https://a/1.png",), ("https://a/1.png",)),
+    ],
+)
+def test_scalar_hooks_read_the_loose_forms(hook: str, value: Any, expected: Any) -> None:
+    from modelslab_async import _convert
+
+    result = getattr(_convert, hook)(value)
+    assert result == expected
+    assert type(result) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("hook", "value"),
+    [
+        ("_to_bool", "maybe"),
+        ("_to_bool", 2),
+        ("_to_int", True),
+        ("_to_int", 7.5),
+        ("_to_int", "7.5"),
+        ("_to_int", []),
+        ("_to_float", False),
+        ("_to_float", []),
+        ("_to_opt_str", []),
+        ("_to_job_id", True),
+        ("_to_job_id", 7.5),
+        ("_to_job_id", {}),
+        ("_to_links", {"a": 1}),
+    ],
+)
+def test_scalar_hooks_refuse_what_they_cannot_read(hook: str, value: Any) -> None:
+    from modelslab_async import _convert
+
+    with pytest.raises(ValueError, match=r"not a|could not convert"):
+        getattr(_convert, hook)(value)
+
+
+def test_an_error_answer_with_an_unreadable_id_has_no_job_id() -> None:
+    exc = error_from_answer({"status": "failed", "id": {"x": 1}, "message": "no"}, status_code=200)
+    assert isinstance(exc, GenerationFailed)
+    assert exc.job_id is None
+
+
+# --- the other value objects ----------------------------------------------------------------
+
+
+def test_generated_image_size_from_bytes_or_file(tmp_path: Any) -> None:
+    from modelslab_async import GeneratedImage
+
+    assert GeneratedImage(url="u", index=0, data=b"abc").size == 3
+    path = tmp_path / "1-0.png"
+    assert GeneratedImage(url="u", index=0, path=path).size is None
+    path.write_bytes(b"12345")
+    image = GeneratedImage(url="u", index=0, path=path, job_id=1)
+    assert image.size == 5
+    assert "data" not in repr(GeneratedImage(url="u", index=0, data=b"\x89PNG"))
+
+
+def test_batch_result_is_ok_without_an_error_and_holds_paths() -> None:
+    from pathlib import Path
+
+    from modelslab_async import BatchResult
+
+    ok = BatchResult(index=3, request=None, generation=None, files=["out/1-0.png"])
+    assert ok.ok
+    assert ok.files == (Path("out/1-0.png"),)
+    failed = BatchResult(index=4, request=None, error=GenerationFailed(1))
+    assert not failed.ok

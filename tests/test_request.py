@@ -16,7 +16,12 @@ from hypothesis import strategies as st
 
 import modelslab_async as m
 from modelslab_async import RequestValidationError, Text2ImgRequest
-from modelslab_async._convert import fingerprint, request_from_wire, request_to_wire
+from modelslab_async._convert import (
+    fingerprint,
+    request_from_wire,
+    request_to_json,
+    request_to_wire,
+)
 from modelslab_async._types import DOCUMENTED_FIELDS, SAFETY_CHECKER_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -538,3 +543,27 @@ def test_request_validation_error_is_a_value_error_and_a_modelslab_error() -> No
     assert isinstance(info.value, m.ModelsLabError)
     assert isinstance(info.value, m.RequestValidationError)
     assert info.value.allowed == "an integer in 1..1024"
+
+
+def test_a_huge_int_for_a_float_field_is_refused_not_overflowed() -> None:
+    with pytest.raises(RequestValidationError, match="guidance_scale"):
+        Text2ImgRequest(prompt="x", guidance_scale=10**400)
+
+
+def test_request_from_wire_keeps_a_digit_string_track_id_as_a_string() -> None:
+    assert request_from_wire({"prompt": "x", "track_id": "123"}).track_id == "123"
+    assert request_from_wire({"prompt": "x", "track_id": 123}).track_id == 123
+
+
+@given(valid_requests())
+def test_any_valid_request_survives_its_json_form(request: Text2ImgRequest) -> None:
+    data = json.loads(json.dumps(request_to_json(request), allow_nan=False))
+    assert request_from_wire(data) == request
+
+
+def test_an_integer_too_long_to_print_is_still_a_request_validation_error() -> None:
+    with pytest.raises(RequestValidationError) as info:
+        Text2ImgRequest(prompt="x", width=10**5000)
+    assert "width" in str(info.value)
+    assert "bits" in str(info.value)
+    assert "1..1024" in str(info.value)

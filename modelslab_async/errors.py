@@ -1,0 +1,40 @@
+"""The exception hierarchy (DESIGN.md §5); every name is also importable from the package root.
+
+See :mod:`modelslab_async._errors` for the tree.
+"""
+
+from ._errors import (
+    AmbiguousSubmitError,
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    ClientStateError,
+    ConfigurationError,
+    DownloadError,
+    GenerationFailed,
+    GenerationTimeout,
+    ModelsLabError,
+    RateLimitError,
+    RequestValidationError,
+    ResponseFormatError,
+    ServerError,
+    TransportError,
+)
+
+__all__ = [
+    "APIError",
+    "AmbiguousSubmitError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientStateError",
+    "ConfigurationError",
+    "DownloadError",
+    "GenerationFailed",
+    "GenerationTimeout",
+    "ModelsLabError",
+    "RateLimitError",
+    "RequestValidationError",
+    "ResponseFormatError",
+    "ServerError",
+    "TransportError",
+]
