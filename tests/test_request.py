@@ -567,3 +567,8 @@ def test_an_integer_too_long_to_print_is_still_a_request_validation_error() -> N
     assert "width" in str(info.value)
     assert "bits" in str(info.value)
     assert "1..1024" in str(info.value)
+
+
+def test_request_from_wire_without_a_prompt_names_the_prompt() -> None:
+    with pytest.raises(RequestValidationError, match="prompt is required"):
+        request_from_wire({"width": 512})
