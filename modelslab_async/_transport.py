@@ -364,10 +364,14 @@ class Transport:
         session = self.session
         error: TransportError
         try:
-            async with session.post(url, json=body) as resp:
-                raw = await resp.read()
-                status = resp.status
-                header_wait = parse_retry_after(resp.headers.get("Retry-After"))
+            # A submit is not abandoned half-way on cancellation (Ctrl-C, a batch stopping):
+            # the job may already exist, and only its answer (the id, recorded in a manifest)
+            # lets a rerun resume it instead of paying for it twice. Bounded by the timeouts.
+            with anyio.CancelScope(shield=op == "submit"):
+                async with session.post(url, json=body) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+                    header_wait = parse_retry_after(resp.headers.get("Retry-After"))
         except aiohttp.InvalidURL:
             # Nothing was sent: a bad base URL is a configuration error, not a lost submit.
             # (No chained cause: aiohttp's message quotes the URL unredacted.)
