@@ -59,6 +59,7 @@ from ._convert import fingerprint, request_from_wire
 from ._errors import (
     AuthenticationError,
     ConfigurationError,
+    GenerationTimeout,
     JobId,
     ModelsLabError,
     RequestValidationError,
@@ -767,6 +768,7 @@ def generate(
 
     async def body(interrupt: _Interrupt, console: Console) -> int:
         job_id: JobId | None = None
+        hint = "" if target.local else " (the job goes on: modelslab-async fetch {id} --out {out})"
         async with _open_client(target, console) as client:
             with interrupt.scope:
                 status: AbstractContextManager[Any] = (
@@ -778,13 +780,17 @@ def generate(
                         job_id = answer.id
                         if not console.is_terminal:
                             _say(console, f"job {job_id} submitted (eta {answer.eta:.0f} s)")
-                    generation = await client.wait(answer, timeout=timeout)
+                    try:
+                        generation = await client.wait(answer, timeout=timeout)
+                    except GenerationTimeout as exc:
+                        _say(console, f"Error: {exc}" + hint.format(id=job_id, out=out))
+                        return EXIT_FAILED
                     images = await client.download(generation, out)
                 for image in images:
                     click.echo(str(image.path))
                 return EXIT_OK
-        if job_id is not None:
-            _say(console, f"The job goes on: modelslab-async fetch {job_id} --out {out}")
+        if job_id is not None and hint:
+            _say(console, hint.format(id=job_id, out=out).strip(" ()").capitalize())
         return interrupt.exit_code
 
     _run(body)
