@@ -164,7 +164,7 @@ class _Batch:
                 except anyio.get_cancelled_exc_class():
                     raise
                 except Exception as exc:  # handed to the consumer, not the client's group
-                    self.failure = exc
+                    self.failure = _unwrap(exc)
         finally:
             self.stopped.set()
 
@@ -384,6 +384,16 @@ class _Batch:
             job_id=record.job_id,
             from_manifest=True,
         )
+
+
+def _unwrap(exc: Exception) -> Exception:
+    """The error itself (an input iterator's, a manifest's) rather than the single-error
+    ExceptionGroup(s) that the engine's task group wraps it in."""
+    inner = getattr(exc, "exceptions", None)  # (Base)ExceptionGroup, also on Python 3.10
+    while isinstance(inner, tuple) and len(inner) == 1 and isinstance(inner[0], Exception):
+        exc = inner[0]
+        inner = getattr(exc, "exceptions", None)
+    return exc
 
 
 def _resumable(record: ManifestRecord) -> bool:
