@@ -290,3 +290,14 @@ async def test_a_missing_cli_extra_is_explained(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert b"pip install 'modelslab-async[cli]'" in result.stderr
+
+
+async def test_unreadable_prompts_exit_2(emu: Emulator, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(b"a fine prompt\n\xff\xfe not utf-8\n")
+    result = await run_cli(
+        "batch", str(prompts), "--out", "out", "--base-url", emu.base_url, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert b"cannot read" in result.stderr
+    assert b"Traceback" not in result.stderr
