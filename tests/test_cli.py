@@ -274,8 +274,10 @@ async def test_emulator_command_serves_until_ctrl_c(tmp_path: Path) -> None:
     with anyio.fail_after(20):
         async with await anyio.open_process(argv, cwd=tmp_path, env=_env()) as process:
             assert process.stdout is not None
-            first = (await process.stdout.receive()).decode()
-            assert "base URL http://127.0.0.1:" in first
+            printed = b""
+            while b"\n" not in printed:
+                printed += await process.stdout.receive()
+            assert "base URL http://127.0.0.1:" in printed.decode()
             process.send_signal(signal.SIGINT)
             assert await process.wait() == 130
 
