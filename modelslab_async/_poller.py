@@ -120,6 +120,52 @@ def _prior_intervals(eta: float, lead: float) -> list[tuple[float, float]]:
     return [(lo + i * step, lo + (i + 1) * step) for i in range(n)]
 
 
+def _density(
+    intervals: Sequence[tuple[float, float]], lo: float, step: float, n: int, rounds: int = 4
+) -> list[float]:
+    """Mass on the grid from interval-censored samples (self-consistent / Turnbull EM).
+
+    A sample (a, b] says only that the job became ready somewhere in it; its mass is
+    spread in proportion to the current estimate inside the interval, so a few wide
+    intervals (jobs already ready at their first check) follow the shape the narrow ones
+    show instead of smearing mass evenly.
+    """
+    spans: list[tuple[int, int]] = []
+    for a, b in intervals:
+        i0 = min(n - 1, max(0, math.ceil((a - lo) / step - 1e-9)))
+        i1 = min(n - 1, max(i0, math.ceil((b - lo) / step - 1e-9)))
+        spans.append((i0, i1))
+    weight = 1.0 / len(spans)
+    mass = [0.0] * n
+    # Start from the narrow intervals alone: the wide ones then follow their shape.
+    narrow = max(2, int(1.0 / step))
+    seeds = [(i0, i1) for i0, i1 in spans if i1 - i0 <= narrow] or spans
+    for i0, i1 in seeds:
+        share = 1.0 / (i1 - i0 + 1)
+        for i in range(i0, i1 + 1):
+            mass[i] += share
+    if len(seeds) == len(spans):
+        return [m * weight for m in mass]
+    for _ in range(rounds):
+        new = [0.0] * n
+        for i0, i1 in spans:
+            if i0 == i1:
+                new[i0] += weight
+                continue
+            seg = mass[i0 : i1 + 1]
+            total = sum(seg)
+            if total <= 0:
+                share = weight / (i1 - i0 + 1)
+                for i in range(i0, i1 + 1):
+                    new[i] += share
+            else:
+                scale = weight / total
+                for k, m in enumerate(seg):
+                    new[i0 + k] += m * scale
+        mass = new
+    return mass
+
+
 def optimal_offsets(
     intervals: Sequence[tuple[float, float]],
     *,
@@ -129,9 +175,8 @@ def optimal_offsets(
 ) -> list[float]:
     """Check offsets minimising E[fetches] + E[lag]/fetch_cost over interval-censored samples.
 
-    Each sample (lo, hi] is spread evenly over the grid between lo and hi. No gap between
-    checks is longer than ``max_gap`` where mass lies; the first check may leave up to
-    ``tail`` of the mass waiting longer than ``max_gap``.
+    No gap between checks is longer than ``max_gap`` where mass lies; the first check
+    may leave up to ``tail`` of the mass waiting longer than ``max_gap``.
     """
     if not intervals:
         return []
@@ -141,14 +186,7 @@ def optimal_offsets(
     step = max(_GRID, span / 400)
     n = math.ceil(span / step) + 1
     xs = [lo + i * step for i in range(n)]
-    mass = [0.0] * n
-    weight = 1.0 / len(intervals)
-    for a, b in intervals:
-        i0 = min(n - 1, max(0, math.ceil((a - lo) / step - 1e-9)))
-        i1 = min(n - 1, max(i0, math.ceil((b - lo) / step - 1e-9)))
-        share = weight / (i1 - i0 + 1)
-        for i in range(i0, i1 + 1):
-            mass[i] += share
+    mass = _density(intervals, lo, step, n)
     cum_p = list(itertools.accumulate(mass))
     cum_q = list(itertools.accumulate(m * x for m, x in zip(mass, xs, strict=True)))
     total = cum_p[-1]
@@ -158,7 +196,7 @@ def optimal_offsets(
     best = [inf] * n
     nxt = [-1] * n
     last = n - 1
-    while last > 0 and mass[last] == 0.0:
+    while last > 0 and mass[last] <= 1e-12:
         last -= 1
     best[last] = 0.0
     for i in range(last - 1, -1, -1):
@@ -166,25 +204,18 @@ def optimal_offsets(
         if survive <= 1e-12:
             best[i] = 0.0
             continue
-        x_lo = i + 1
-        x_hi = min(last, i + gap_steps)
-        # A gap may exceed max_gap only where no mass lies in it beyond max_gap.
-        for j in range(x_lo, x_hi + 1):
+        for j in range(i + 1, min(last, i + gap_steps) + 1):
             p = cum_p[j] - cum_p[i]
             lag = xs[j] * p - (cum_q[j] - cum_q[i])
             cost = survive + lam * lag + best[j]
             if cost < best[i]:
                 best[i] = cost
                 nxt[i] = j
-        if nxt[i] == -1 and x_hi < last:  # pragma: no cover - defensive
-            nxt[i] = x_hi
-            best[i] = survive + best[x_hi]
     # The first check: any j, as long as little mass waits longer than max_gap before it.
     first, first_cost = -1, inf
     for j in range(0, last + 1):
         if max_gap is not None:
-            early = xs[j] - max_gap
-            k = bisect.bisect_left(xs, early) - 1
+            k = bisect.bisect_left(xs, xs[j] - max_gap) - 1
             if k >= 0 and cum_p[k] > tail * total:
                 break
         lag = xs[j] * cum_p[j] - cum_q[j]
@@ -201,52 +232,64 @@ def optimal_offsets(
     return offsets
 
 
+#: The kind of anchor a schedule is for: the submit answer, the first fetch answer, later ones.
+SUBMIT, FIRST_REFRESH, REFRESH = 0, 1, 2
+
+
 class ScheduleModel:
-    """Per-eta-bucket histories of ready offsets and the schedules computed from them."""
+    """Histories of ready offsets and the schedules computed from them.
+
+    A history is kept per (anchor kind, eta bucket): offsets from a fetch answer's anchor
+    are conditioned on the job not being ready at that fetch, so they are learned apart
+    from offsets from the submit answer.
+    """
 
     def __init__(self, policy: PollPolicy) -> None:
         self.policy = policy
-        self._samples: dict[int, deque[tuple[float, float]]] = {}
-        self._cache: dict[int, tuple[int, list[float]]] = {}
-        self._added: dict[int, int] = {}
+        self._samples: dict[tuple[int, int], deque[tuple[float, float]]] = {}
+        self._cache: dict[tuple[int, int], tuple[int, list[float]]] = {}
+        self._prior: dict[tuple[int, int], list[float]] = {}
+        self._added: dict[tuple[int, int], int] = {}
 
-    def observe(self, eta: float, lo: float, hi: float) -> None:
+    def observe(self, kind: int, eta: float, lo: float, hi: float) -> None:
         """Record that a job anchored with *eta* became ready between offsets lo and hi."""
         if not self.policy.learn or not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
             return
-        b = _bucket(eta)
-        history = self._samples.setdefault(b, deque(maxlen=self.policy.history))
+        key = (kind, _bucket(eta))
+        history = self._samples.get(key)
+        if history is None:
+            history = self._samples[key] = deque(maxlen=self.policy.history)
         history.append((lo, hi))
-        self._added[b] = self._added.get(b, 0) + 1
+        self._added[key] = self._added.get(key, 0) + 1
 
-    def samples(self, eta: float) -> int:
-        return len(self._samples.get(_bucket(eta), ()))
+    @property
+    def total_samples(self) -> int:
+        return sum(len(h) for h in self._samples.values())
 
-    def offsets(self, eta: float) -> list[float]:
+    def offsets(self, kind: int, eta: float) -> list[float]:
         """The check offsets for a job anchored with *eta* (learned, or the prior)."""
-        b = _bucket(eta)
-        history = self._samples.get(b)
+        key = (kind, _bucket(eta))
+        history = self._samples.get(key)
         if history is None or len(history) < self.policy.min_samples:
-            key = -1000 - round(eta * 4)
-            cached = self._cache.get(key)
-            if cached is None:
+            prior_key = (kind, round(eta * 4))
+            offsets = self._prior.get(prior_key)
+            if offsets is None:
+                lead = self.policy.lead if kind == SUBMIT else self.policy.lead / 2
                 offsets = optimal_offsets(
-                    _prior_intervals(eta, self.policy.lead),
+                    _prior_intervals(eta, lead),
                     fetch_cost=self.policy.fetch_cost,
                     max_gap=self.policy.max_gap,
                 )
-                cached = (0, offsets)
-                self._cache[key] = cached
-            return cached[1]
-        added = self._added.get(b, 0)
-        cached = self._cache.get(b)
-        refresh = max(8, len(history) // 8)
-        if cached is None or added - cached[0] >= refresh:
+                self._prior[prior_key] = offsets
+            return offsets
+        added = self._added.get(key, 0)
+        cached = self._cache.get(key)
+        if cached is None or added - cached[0] >= max(8, len(history) // 8):
             offsets = optimal_offsets(
                 list(history), fetch_cost=self.policy.fetch_cost, max_gap=self.policy.max_gap
             )
             cached = (added, offsets)
-            self._cache[b] = cached
+            self._cache[key] = cached
         return cached[1]
 
 
@@ -259,6 +302,7 @@ class _Tracked:
     job: Job
     anchor: float
     eta: float
+    kind: int
     offsets: list[float]
     next_index: int
     last_check: float
@@ -322,7 +366,7 @@ class Poller:
             fetching=self._fetching,
             fetches=self._fetches,
             resolved=self._resolved,
-            learned_samples=sum(len(h) for h in self.model._samples.values()),
+            learned_samples=self.model.total_samples,
         )
 
     def track(
@@ -344,13 +388,14 @@ class Poller:
         elapsed = max(0.0, time.time() - job.submitted_at)
         answered = now - min(elapsed, 3600.0)
         anchor = answered + max(0.0, job.eta)
-        offsets = self.model.offsets(job.eta)
+        offsets = self.model.offsets(SUBMIT, job.eta)
         deadline = None if self.policy.max_wait is None else answered + self.policy.max_wait
         entry = _Tracked(
             job_id=job.id,
             job=job,
             anchor=anchor,
             eta=job.eta,
+            kind=SUBMIT,
             offsets=offsets,
             next_index=0,
             last_check=answered,
@@ -438,7 +483,7 @@ class Poller:
         if i < len(offsets):
             entry.next_index = i + 1
             gap = entry.anchor + offsets[i] - now
-            jitter = random.uniform(0, min(0.05, self.policy.jitter * gap))
+            jitter = random.uniform(0, min(0.02, self.policy.jitter * gap))
             self._arm(entry, now + gap + jitter)
             return
         entry.next_index = len(offsets)
@@ -480,7 +525,7 @@ class Poller:
                 entry.errors = 0
                 if isinstance(answer, Generation):
                     self.model.observe(
-                        entry.eta, entry.last_check - entry.anchor, sent - entry.anchor
+                        entry.kind, entry.eta, entry.last_check - entry.anchor, sent - entry.anchor
                     )
                     self._resolve(entry, result=answer)
                     return
@@ -497,19 +542,19 @@ class Poller:
         self._arm(entry, now + wait * (1 + random.uniform(0, self.policy.jitter)))
 
     def _on_processing(self, entry: _Tracked, answer: Job, sent: float) -> None:
+        """Keep the schedule unless the fresh eta puts the job past its end; then re-anchor
+        on the fresh eta, with a schedule learned from jobs in the same state."""
         entry.last_check = sent
-        now = self._clock()
-        new_anchor = sent + max(0.0, answer.eta)
-        offsets = entry.offsets
-        last = entry.anchor + (offsets[-1] if offsets else 0.0)
-        # Re-anchor when the API now expects the job later than the whole schedule.
-        if new_anchor > last and answer.eta > 0:
-            entry.anchor = new_anchor
+        anchor = sent + max(0.0, answer.eta)
+        end = entry.anchor + (entry.offsets[-1] if entry.offsets else 0.0)
+        if anchor > end and answer.eta > 0:
+            entry.anchor = anchor
             entry.eta = answer.eta
-            entry.offsets = self.model.offsets(answer.eta)
+            entry.kind = FIRST_REFRESH if entry.kind == SUBMIT else REFRESH
+            entry.offsets = self.model.offsets(entry.kind, answer.eta)
             entry.next_index = 0
             entry.backoffs = 0
-        self._arm_next(entry, now)
+        self._arm_next(entry, self._clock())
 
     def _resolve(
         self,
