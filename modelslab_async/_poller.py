@@ -93,7 +93,7 @@ class PollPolicy:
     @classmethod
     def frugal(cls, **changes: Any) -> PollPolicy:
         """Few fetch calls (about 1.3 per job), at the cost of more lag."""
-        base = cls(fetch_cost=1.5, max_gap=None, lead=0.0, initial_backoff=0.5, max_backoff=5.0)
+        base = cls(fetch_cost=4.0, max_gap=None, lead=0.0, initial_backoff=0.5, max_backoff=5.0)
         return attrs.evolve(base, **changes)
 
     @classmethod
@@ -304,6 +304,8 @@ class _Tracked:
     eta: float
     kind: int
     offsets: list[float]
+    first_anchor: float
+    first_eta: float
     next_index: int
     last_check: float
     deadline: float | None
@@ -397,6 +399,8 @@ class Poller:
             eta=job.eta,
             kind=SUBMIT,
             offsets=offsets,
+            first_anchor=anchor,
+            first_eta=job.eta,
             next_index=0,
             last_check=answered,
             deadline=deadline,
@@ -527,6 +531,13 @@ class Poller:
                     self.model.observe(
                         entry.kind, entry.eta, entry.last_check - entry.anchor, sent - entry.anchor
                     )
+                    if entry.kind != SUBMIT:  # the submit schedule learns from every job
+                        self.model.observe(
+                            SUBMIT,
+                            entry.first_eta,
+                            entry.last_check - entry.first_anchor,
+                            sent - entry.first_anchor,
+                        )
                     self._resolve(entry, result=answer)
                     return
                 self._on_processing(entry, answer, sent)
