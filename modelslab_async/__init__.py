@@ -33,6 +33,7 @@ from ._types import (
     Text2ImgRequest,
 )
 from ._version import __version__
+from ._webhook import WebhookReceiver
 
 __all__ = [
     "APIError",
@@ -64,6 +65,7 @@ __all__ = [
     "Text2ImgRequest",
     "Timeouts",
     "TransportError",
+    "WebhookReceiver",
     "__version__",
     "set_testing",
 ]

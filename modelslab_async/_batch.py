@@ -46,6 +46,7 @@ from ._types import BatchResult, GeneratedImage, Generation, Job, Text2ImgReques
 
 if TYPE_CHECKING:
     from ._client import Client
+    from ._webhook import WebhookReceiver
 
 RequestLike = Text2ImgRequest | Mapping[str, Any] | str
 
@@ -103,7 +104,7 @@ class _Batch:
         on_progress: Callable[[BatchProgress], Any] | None,
         retry_failed: bool,
         max_resubmits: int,
-        webhook: Any,
+        webhook: WebhookReceiver | None,
     ) -> None:
         self.client = client
         self.requests = requests
@@ -282,7 +283,7 @@ class _Batch:
                     resume_id = None
                 else:
                     sent = self._prepare(request, fp, index, attempt)
-                    answer = await self.client._submit(sent, first_check=self._first_check())
+                    answer = await self.client._submit(sent, webhook=self.webhook)
                     self.submitted += 1
                     job_id = answer.id
                     await self._record(
@@ -332,12 +333,7 @@ class _Batch:
         changes: dict[str, Any] = {}
         if request.track_id is None:
             changes["track_id"] = f"mla-{fp[:20]}-{index}" + (f"-r{attempt}" if attempt else "")
-        if self.webhook is not None and request.webhook is None:
-            changes["webhook"] = self.webhook.url
         return request.replace(**changes) if changes else request
-
-    def _first_check(self) -> float | None:
-        return None
 
     async def _failed(
         self,
@@ -438,7 +434,7 @@ async def run_batch(
     on_progress: Callable[[BatchProgress], Any] | None = None,
     retry_failed: bool = False,
     max_resubmits: int = 2,
-    webhook: Any = None,
+    webhook: WebhookReceiver | None = None,
 ) -> AsyncIterator[BatchResult]:
     """The async generator behind ``Client.generate_many`` (see the module docstring).
 
@@ -473,7 +469,9 @@ async def run_batch(
         max_resubmits=max_resubmits,
         webhook=webhook,
     )
-    send, receive = anyio.create_memory_object_stream[BatchResult](limit)
+    # No buffer: an item keeps its slot until the consumer has taken its result, so a slow
+    # consumer holds back the input instead of letting results pile up.
+    send, receive = anyio.create_memory_object_stream[BatchResult](0)
     assert client._tg is not None
     await client._tg.start(batch.run, send)
     try:

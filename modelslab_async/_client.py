@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,6 +31,7 @@ from ._poller import Poller, PollerStats, PollPolicy, _Tracked
 from ._redact import mask
 from ._transport import RetryPolicy, Timeouts, Transport
 from ._types import GeneratedImage, Generation, Job, Text2ImgRequest
+from ._webhook import WebhookReceiver
 
 if TYPE_CHECKING:
     from ._batch import BatchProgress
@@ -137,7 +139,7 @@ class Client:
         retry: RetryPolicy | None = None,
         download: DownloadPolicy | None = None,
         retry_ambiguous_submits: bool = False,
-        webhook: Any = None,
+        webhook: WebhookReceiver | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(C.ENV_API_KEY)
         if not key or not key.strip():
@@ -204,8 +206,6 @@ class Client:
         self._state = "open"
         try:
             await tg.start(self._poller.run)
-            if self._webhook is not None:
-                await self._webhook._attach(self, tg)
         except BaseException as exc:
             await self.__aexit__(type(exc), exc, exc.__traceback__)
             raise
@@ -265,42 +265,76 @@ class Client:
         return await self._submit(req)
 
     async def _submit(
-        self,
-        req: Text2ImgRequest,
-        *,
-        first_check: float | None = None,
-        token: object | None = None,
+        self, req: Text2ImgRequest, *, webhook: WebhookReceiver | None = None
     ) -> Job | Generation:
         self._check_open()
+        receiver = webhook if webhook is not None else self._webhook
+        if receiver is not None and req.webhook is None:
+            track_id = req.track_id if req.track_id is not None else f"mla-{uuid.uuid4().hex}"
+            req = req.replace(webhook=receiver.url, track_id=track_id)
+            receiver.pending(track_id)
+        else:
+            receiver = None
         wire = request_to_wire(req)
-        own = token is None
-        token = token if token is not None else object()
-        if own:
-            await self._limiter.acquire(token)
+        token = object()
+        await self._limiter.acquire(token)
         try:
             answer = await self._transport.submit(req, wire)
         except BaseException:
-            if own:
-                self._limiter.release(token)
+            self._limiter.release(token)
+            if receiver is not None:
+                receiver.forget(req.track_id or "")
             raise
         self._limiter.on_accepted()
         if isinstance(answer, Generation):
-            if own:
-                self._limiter.release(token)
+            self._limiter.release(token)
+            if receiver is not None:
+                receiver.forget(req.track_id or "")
             return answer
+        first_check = None
+        if receiver is not None:
+            first_check = max(0.0, answer.eta) + self.poll_policy.webhook_grace
         self._poller.track(
             answer,
-            on_resolved=self._releaser(token) if own else self._keep_finished,
+            on_resolved=self._releaser(token, receiver, req.track_id),
             first_check=first_check,
         )
+        if receiver is not None and req.track_id is not None:
+            job_id = answer.id
+            receiver.expect(req.track_id, lambda: self._poller.wake(job_id))
         return answer
 
-    def _releaser(self, token: object) -> Callable[[_Tracked], None]:
+    def _releaser(
+        self, token: object, receiver: WebhookReceiver | None, track_id: str | int | None
+    ) -> Callable[[_Tracked], None]:
         def release(entry: _Tracked) -> None:
             self._limiter.release(token)
+            if receiver is not None and track_id is not None:
+                receiver.forget(track_id)
             self._keep_finished(entry)
 
         return release
+
+    async def webhooks(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        public_url: str | None = None,
+        *,
+        path: str = "/modelslab/webhook",
+    ) -> WebhookReceiver:
+        """Serve a :class:`WebhookReceiver` in the client's task group and use it.
+
+        The server listens on *host*:*port* (0: any free port) and lives as long as the
+        client; *public_url* is where the API can reach it (default: the local URL).
+        Every later submit of this client sends ``webhook`` and a unique ``track_id``.
+        """
+        self._check_open()
+        assert self._tg is not None
+        receiver = WebhookReceiver()
+        await receiver.serve(self._tg, host=host, port=port, path=path, public_url=public_url)
+        self._webhook = receiver
+        return receiver
 
     def _keep_finished(self, entry: _Tracked) -> None:
         if entry.resolved and entry.waiters == 0:
@@ -397,7 +431,7 @@ class Client:
         on_progress: Callable[[BatchProgress], Any] | None = None,
         retry_failed: bool = False,
         max_resubmits: int = 2,
-        webhook: Any = None,
+        webhook: WebhookReceiver | None = None,
     ) -> AsyncIterator[BatchResult]:
         """Generate many requests concurrently; yields a :class:`BatchResult` per item as
         it completes (see :mod:`modelslab_async._batch`)."""

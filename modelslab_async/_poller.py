@@ -74,6 +74,8 @@ class PollPolicy:
     - ``fetch_concurrency``: fetch calls in flight at once. ``max_fetch_errors``:
       consecutive failed fetches (after the transport's own retries) before the job fails.
     - ``learn``: learn the schedule from resolved jobs (False: prior + backoff only).
+    - ``webhook_grace``: for a job whose completion a webhook announces, the first check
+      (the safety net for a lost webhook) comes ``eta + webhook_grace`` seconds after submit.
     """
 
     fetch_cost: float = attrs.field(default=0.2, validator=_positive)
@@ -84,6 +86,7 @@ class PollPolicy:
     max_backoff: float = attrs.field(default=3.0, validator=_positive)
     jitter: float = attrs.field(default=0.1, validator=_positive)
     max_wait: float | None = attrs.field(default=1800.0, validator=_positive)
+    webhook_grace: float = attrs.field(default=3.0, validator=_positive)
     fetch_concurrency: int = attrs.field(default=32, validator=_positive)
     max_fetch_errors: int = attrs.field(default=8, validator=_positive)
     min_samples: int = attrs.field(default=24, validator=_positive)
@@ -318,6 +321,7 @@ class _Tracked:
     backoffs: int = 0
     version: int = 0
     in_fetch: bool = False
+    wake_pending: bool = False
     on_resolved: Callable[[_Tracked], None] | None = None
 
     @property
@@ -432,6 +436,16 @@ class Poller:
             raise entry.error
         assert entry.result is not None  # resolved with a result when no error
         return entry.result
+
+    def wake(self, job_id: JobId) -> None:
+        """Check *job_id* now (a webhook said it is done); the fetch confirms it."""
+        entry = self._tracked.get(job_id)
+        if entry is None or entry.resolved:
+            return
+        if entry.in_fetch:
+            entry.wake_pending = True
+            return
+        self._arm(entry, self._clock())
 
     def forget(self, job_id: JobId) -> None:
         """Stop tracking *job_id* (its waiters are woken with a cancellation-free timeout)."""
@@ -556,6 +570,10 @@ class Poller:
         """Keep the schedule unless the fresh eta puts the job past its end; then re-anchor
         on the fresh eta, with a schedule learned from jobs in the same state."""
         entry.last_check = sent
+        if entry.wake_pending:
+            entry.wake_pending = False
+            self._arm(entry, self._clock())
+            return
         anchor = sent + max(0.0, answer.eta)
         end = entry.anchor + (entry.offsets[-1] if entry.offsets else 0.0)
         if anchor > end and answer.eta > 0:

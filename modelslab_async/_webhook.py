@@ -1,0 +1,281 @@
+"""Webhook mode: the API pushes "job done" to the application, the SDK confirms by fetching.
+
+A :class:`WebhookReceiver` is mounted in the application's web server (an aiohttp route or
+sub-application, or an ASGI app for FastAPI/Starlette), or runs its own small server in
+the client's task group (``await client.webhooks(host, port, public_url)``). A client with
+a receiver sends ``webhook`` (the receiver's public URL, with a secret token) and a unique
+``track_id`` with each submit. When a POST for a known ``track_id`` arrives, the job's
+waiter is woken by one fetch from the API: the payload is a wake-up signal and is never
+trusted as the result, so a forged POST cannot inject image URLs.
+
+The poller stays the safety net: a webhook job's first check is pushed back to
+``eta + PollPolicy.webhook_grace``, so a lost webhook only delays a result.
+
+Answers: 200 for a known ``track_id``; 403 without the receiver's token; 404 for an
+unknown ``track_id``; 400 for a body that is not a JSON object; 413 over ``max_body``;
+405 for other methods.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+import anyio
+from aiohttp import web
+
+from ._errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import anyio.abc
+
+log = logging.getLogger("modelslab_async")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class WebhookReceiver:
+    """Receives the API's webhook POSTs and wakes the matching waiters.
+
+    ``public_url`` is the URL the API can reach the receiver at (set later with
+    :meth:`set_public_url` when the port is not known yet). ``token`` (default: a random
+    one) is added to it as ``?token=...`` and required on every POST; pass
+    ``token=None`` to accept POSTs without one. Bodies over ``max_body`` bytes are refused.
+    """
+
+    def __init__(
+        self,
+        public_url: str | None = None,
+        *,
+        token: str | None = "",
+        max_body: int = 256 * 1024,
+        min_wake_interval: float = 0.25,
+    ) -> None:
+        self.token = secrets.token_urlsafe(18) if token == "" else token
+        self.max_body = max_body
+        self.min_wake_interval = min_wake_interval
+        self._public_url: str | None = None
+        self._expected: dict[str, Callable[[], None]] = {}
+        self._early: set[str] = set()
+        self._last_wake: dict[str, float] = {}
+        self.stats: dict[str, int] = {
+            "accepted": 0,
+            "unknown": 0,
+            "forbidden": 0,
+            "bad_json": 0,
+            "too_large": 0,
+        }
+        if public_url is not None:
+            self.set_public_url(public_url)
+
+    def __repr__(self) -> str:
+        return f"WebhookReceiver(url={self._public_url!r}, expected={len(self._expected)})"
+
+    # --- configuration -------------------------------------------------------------------
+
+    def set_public_url(self, public_url: str) -> None:
+        """Set the URL the API posts to (the token is appended as a query parameter)."""
+        parts = urlsplit(public_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(f"public_url: got {public_url!r}, allowed an http(s) URL")
+        self._public_url = public_url
+
+    @property
+    def url(self) -> str:
+        """The webhook URL sent with each request (with the token)."""
+        if self._public_url is None:
+            raise ConfigurationError("the webhook receiver has no public_url yet")
+        if self.token is None:
+            return self._public_url
+        parts = urlsplit(self._public_url)
+        query = parse_qs(parts.query)
+        query["token"] = [self.token]
+        return urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
+
+    # --- bookkeeping used by the client --------------------------------------------------
+
+    def expect(self, track_id: str | int, wake: Callable[[], None]) -> None:
+        """Wake *wake* when a POST for *track_id* arrives (at once if one already came)."""
+        key = str(track_id)
+        self._expected[key] = wake
+        if key in self._early:
+            self._early.discard(key)
+            wake()
+
+    def pending(self, track_id: str | int) -> None:
+        """Note that a submit with *track_id* is on its way (an early POST is kept)."""
+        self._expected.setdefault(str(track_id), _noop)
+
+    def forget(self, track_id: str | int) -> None:
+        key = str(track_id)
+        self._expected.pop(key, None)
+        self._early.discard(key)
+        self._last_wake.pop(key, None)
+
+    @property
+    def expected(self) -> int:
+        """Track ids waited for."""
+        return len(self._expected)
+
+    # --- the one decision, shared by both servers ----------------------------------------
+
+    def handle(self, body: bytes, query_token: str | None) -> tuple[int, str]:
+        """Decide the answer to one POST: (HTTP status, short reason)."""
+        if self.token is not None and not (
+            query_token is not None and hmac.compare_digest(query_token, self.token)
+        ):
+            self.stats["forbidden"] += 1
+            return 403, "forbidden"
+        if len(body) > self.max_body:
+            self.stats["too_large"] += 1
+            return 413, "payload too large"
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            self.stats["bad_json"] += 1
+            return 400, "body is not JSON"
+        if not isinstance(payload, dict):
+            self.stats["bad_json"] += 1
+            return 400, "body is not a JSON object"
+        track_id = payload.get("track_id")
+        if track_id is None or isinstance(track_id, dict | list):
+            self.stats["unknown"] += 1
+            return 404, "no track_id"
+        key = str(track_id)
+        wake = self._expected.get(key)
+        if wake is None:
+            self.stats["unknown"] += 1
+            return 404, "unknown track_id"
+        self.stats["accepted"] += 1
+        now = time.monotonic()
+        if now - self._last_wake.get(key, -1e9) < self.min_wake_interval:
+            return 200, "ok"
+        self._last_wake[key] = now
+        if wake is _noop:
+            self._early.add(key)
+        else:
+            wake()
+        return 200, "ok"
+
+    # --- aiohttp -------------------------------------------------------------------------
+
+    async def aiohttp_handler(self, request: web.Request) -> web.Response:
+        """An aiohttp.web handler: ``app.router.add_post("/hook", receiver.aiohttp_handler)``."""
+        if request.method != "POST":
+            return web.Response(status=405, text="method not allowed")
+        if request.content_length is not None and request.content_length > self.max_body:
+            status, reason = self.handle(b"x" * (self.max_body + 1), request.query.get("token"))
+            if status != 413:
+                return web.Response(status=status, text=reason)
+            return web.Response(status=413, text="payload too large")
+        try:
+            body = await request.content.read(self.max_body + 1)
+        except Exception:
+            return web.Response(status=400, text="unreadable body")
+        status, reason = self.handle(body, request.query.get("token"))
+        return web.Response(status=status, text=reason)
+
+    def aiohttp_app(self) -> web.Application:
+        """A sub-application answering POST ``/``: ``app.add_subapp("/hook", r.aiohttp_app())``."""
+        app = web.Application(client_max_size=self.max_body + 1024)
+        app.router.add_route("*", "/", self.aiohttp_handler)
+        return app
+
+    # --- ASGI ----------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The receiver as an ASGI app (``app.mount("/hook", receiver)`` in FastAPI)."""
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        if scope.get("method") != "POST":
+            await _asgi_answer(send, 405, "method not allowed")
+            return
+        token = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [None])[0]
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size <= self.max_body:
+                chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks) if size <= self.max_body else b"x" * (self.max_body + 1)
+        status, reason = self.handle(body, token)
+        await _asgi_answer(send, status, reason)
+
+    # --- standalone ----------------------------------------------------------------------
+
+    async def serve(
+        self,
+        tg: anyio.abc.TaskGroup,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        path: str = "/modelslab/webhook",
+        public_url: str | None = None,
+    ) -> str:
+        """Serve the receiver in *tg* (until it is cancelled); returns the URL listened on."""
+        app = web.Application(client_max_size=self.max_body + 1024)
+        app.router.add_route("*", path, self.aiohttp_handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        bound = sock.getsockname()[1]
+        site = web.SockSite(runner, sock)
+        await site.start()
+        shown = f"[{host}]" if ":" in host else host
+        local = f"http://{shown}:{bound}{path}"
+        self.set_public_url(public_url or local)
+
+        async def hold() -> None:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await runner.cleanup()
+
+        tg.start_soon(hold)
+        return local
+
+
+def _noop() -> None:
+    return None
+
+
+async def _asgi_answer(send: Send, status: int, text: str) -> None:
+    body = text.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
