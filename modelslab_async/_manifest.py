@@ -144,8 +144,8 @@ class Manifest:
         """Append *record*; returns once it (and any record queued before it) is fsynced."""
         if self._handle is None:
             raise RuntimeError("manifest is not open")
-        line = json.dumps(record.to_json(), separators=(",", ":"), default=str)
-        self._pending.append(redact(line))
+        line = json.dumps(_redacted(record.to_json()), separators=(",", ":"), default=str)
+        self._pending.append(line)
         with anyio.CancelScope(shield=True):
             async with self._lock:
                 if not self._pending:
@@ -165,6 +165,20 @@ class Manifest:
         if handle is not None:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(handle.close)
+
+
+def _redacted(data: dict[str, Any]) -> dict[str, Any]:
+    """*data* with the key masked in its free-text values (the error and the track id).
+
+    Not the serialised line: masking a short key there would also mask it in the JSON
+    syntax, the numbers and the paths, and the record would no longer load.
+    """
+    error = data.get("error")
+    if isinstance(error, dict):
+        data["error"] = {k: redact(v) if isinstance(v, str) else v for k, v in error.items()}
+    if isinstance(data.get("track_id"), str):
+        data["track_id"] = redact(data["track_id"])
+    return data
 
 
 def error_from_record(record: ManifestRecord) -> ModelsLabError:
