@@ -31,6 +31,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ._convert import fingerprint
 from ._download import remove_stale_parts, verify_image_file
 from ._errors import (
+    BadRequestError,
     DownloadError,
     GenerationFailed,
     GenerationTimeout,
@@ -262,8 +263,10 @@ class _Batch:
         self.queued -= 1
         self.processing += 1
         self._changed()
+        # A done job is paid for: if the server forgot it, do not pay again unasked.
+        resubmit_unknown = previous is None or previous.state != "done"
         try:
-            return await self._attempts(index, request, fp, attempt, resume_id)
+            return await self._attempts(index, request, fp, attempt, resume_id, resubmit_unknown)
         finally:
             self.processing -= 1
 
@@ -274,12 +277,24 @@ class _Batch:
         fp: str,
         attempt: int,
         resume_id: JobId | None,
+        resubmit_unknown: bool = True,
     ) -> BatchResult:
         job_id: JobId | None = resume_id
         while True:
             try:
                 if resume_id is not None:
-                    answer: Job | Generation = await self.client.resume(resume_id, request=request)
+                    try:
+                        answer: Job | Generation = await self.client.resume(
+                            resume_id, request=request
+                        )
+                    except BadRequestError as exc:
+                        if not (resubmit_unknown and _unknown_job(exc)):
+                            raise
+                        # The server does not know the job (the embedded emulator of a
+                        # --local run died, say): it never made a charged image. Submit anew.
+                        resume_id = None
+                        attempt += 1
+                        continue
                     resume_id = None
                 else:
                     sent = self._prepare(request, fp, index, attempt)
@@ -390,6 +405,11 @@ def _unwrap(exc: Exception) -> Exception:
         exc = inner[0]
         inner = getattr(exc, "exceptions", None)
     return exc
+
+
+def _unknown_job(error: BadRequestError) -> bool:
+    """True for the fetch answer about a job id the server does not know."""
+    return "not found" in (error.api_message or "").lower()
 
 
 def _resumable(record: ManifestRecord) -> bool:
