@@ -178,11 +178,17 @@ class WebhookReceiver:
             if status != 413:
                 return web.Response(status=status, text=reason)
             return web.Response(status=413, text="payload too large")
+        # content.read(n) returns what has arrived so far (one chunk), not n bytes: read
+        # until EOF, stopping once past the cap.
+        body = bytearray()
         try:
-            body = await request.content.read(self.max_body + 1)
+            async for chunk in request.content.iter_any():
+                body += chunk
+                if len(body) > self.max_body:
+                    break
         except Exception:
             return web.Response(status=400, text="unreadable body")
-        status, reason = self.handle(body, request.query.get("token"))
+        status, reason = self.handle(bytes(body), request.query.get("token"))
         return web.Response(status=status, text=reason)
 
     def aiohttp_app(self) -> web.Application:
