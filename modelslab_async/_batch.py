@@ -297,6 +297,7 @@ class _Batch:
                         continue
                     resume_id = None
                 else:
+                    job_id = None  # a new job: an error of this submit is not the last job's
                     sent = self._prepare(request, fp, index, attempt)
                     answer = await self.client._submit(sent, webhook=self.webhook)
                     self.submitted += 1
