@@ -166,6 +166,7 @@ _register_exact(Mapping[str, Any], lambda v, _: dict(v or {}))
 
 _META_ALIASES = {"W": "width", "H": "height", "steps": "num_inference_steps"}
 _META_FIELDS = frozenset(f.name for f in attrs.fields(Meta)) - {"extra"}
+_META_TYPES = {f.name: f.type or Any for f in attrs.fields(attrs.resolve_types(Meta))}
 _structure_meta_known = make_dict_structure_fn(Meta, converter, extra=override(omit=True))
 
 
@@ -180,13 +181,17 @@ def _structure_meta(value: Any, _: Any = None) -> Meta:
             known[target] = item
         else:
             extra[name] = item
-    # A field the server sends in an unexpected form is kept raw rather than failing the answer.
-    for name in list(known):
-        try:
-            converter.structure(known[name], attrs.fields_dict(Meta)[name].type or Any)
-        except (ValueError, TypeError, cattrs.BaseValidationError):
-            extra[name] = known.pop(name)
-    meta = _structure_meta_known(known, Meta)
+    try:
+        meta = _structure_meta_known(known, Meta)
+    except (ValueError, TypeError, cattrs.BaseValidationError):
+        # A field the server sends in an unexpected form is kept raw rather than failing
+        # the answer: find which, field by field (the slow path, taken only then).
+        for name in list(known):
+            try:
+                converter.structure(known[name], _META_TYPES[name])
+            except (ValueError, TypeError, cattrs.BaseValidationError):
+                extra[name] = known.pop(name)
+        meta = _structure_meta_known(known, Meta)
     return attrs.evolve(meta, extra=extra)
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import random
 import re
-import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -94,6 +94,7 @@ class Downloader:
     def __init__(self, transport: Transport, policy: DownloadPolicy | None = None) -> None:
         self.transport = transport
         self.policy = policy or DownloadPolicy()
+        self._made: set[Path] = set()  # folders known to exist
 
     async def download(
         self, generation: Generation, dest: str | os.PathLike[str] | None = None
@@ -103,8 +104,9 @@ class Downloader:
         if not links:
             return []
         folder = Path(dest) if dest is not None else None
-        if folder is not None:
+        if folder is not None and folder not in self._made:
             await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
+            self._made.add(folder)
         results: list[GeneratedImage | None] = [None] * len(links)
         errors: list[ModelsLabError] = []
         limiter = anyio.CapacityLimiter(max(1, self.policy.concurrency))
@@ -281,11 +283,15 @@ class Downloader:
             return GeneratedImage(
                 url=url, index=index, job_id=job_id, data=data, content_type=ctype
             )
-        if writer is None:
-            writer = await _PartWriter.open(folder, stem)
+        final = folder / f"{stem}.{ext}"
+        if writer is None:  # the whole image is in memory: one trip to a worker thread
+            path = await anyio.to_thread.run_sync(_write_atomic, folder, stem, data, final)
+            return GeneratedImage(
+                url=url, index=index, job_id=job_id, path=path, content_type=ctype
+            )
         try:
             await writer.write(data if is_b64 else bytes(buffer))
-            path = await writer.commit(folder / f"{stem}.{ext}")
+            path = await writer.commit(final)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await writer.discard()
@@ -308,7 +314,7 @@ class _PartWriter:
 
     @classmethod
     async def open(cls, folder: Path, stem: str) -> _PartWriter:
-        path = folder / f".{stem}.{secrets.token_hex(4)}{PART_SUFFIX}"
+        path = _part_path(folder, stem)
         handle = await anyio.to_thread.run_sync(lambda: open(path, "wb"))  # noqa: SIM115
         return cls(path, handle)
 
@@ -339,6 +345,23 @@ class _PartWriter:
                 path.unlink(missing_ok=True)
 
         await anyio.to_thread.run_sync(drop)
+
+
+def _part_path(folder: Path, stem: str) -> Path:
+    return folder / f".{stem}.{random.getrandbits(32):08x}{PART_SUFFIX}"
+
+
+def _write_atomic(folder: Path, stem: str, data: bytes, final: Path) -> Path:
+    """Write *data* to a ``.part`` file, then rename it to *final* (in a worker thread)."""
+    part = _part_path(folder, stem)
+    try:
+        with open(part, "wb") as handle:
+            handle.write(data)
+        os.replace(part, final)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return final
 
 
 def remove_stale_parts(folder: str | os.PathLike[str]) -> int:
