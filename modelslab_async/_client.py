@@ -433,8 +433,23 @@ class Client:
         max_resubmits: int = 2,
         webhook: WebhookReceiver | None = None,
     ) -> AsyncIterator[BatchResult]:
-        """Generate many requests concurrently; yields a :class:`BatchResult` per item as
-        it completes (see :mod:`modelslab_async._batch`)."""
+        """Generate many requests concurrently; yields a :class:`BatchResult` per item as it
+        completes (not in input order: ``result.index`` is the input position).
+
+        *requests*: any iterable or async iterable of requests, field mappings or prompt
+        strings, read lazily (an item is taken only when a slot is free). *dest*: folder
+        for the images (None: bytes in ``result.generation.images``). *manifest*: a JSONL
+        file; rerunning with it skips done items, resumes submitted ones by job id and
+        retries failed ones only with *retry_failed*. *max_in_flight*: items in progress
+        (default: the client's limit plus room for downloads). *on_progress*: called with
+        a :class:`BatchProgress` on every change. *max_resubmits*: resubmissions of a job
+        that failed with the API's transient "Failed, Try Again". *webhook*: a
+        :class:`WebhookReceiver` to be told when jobs finish.
+
+        One item's failure is reported on its result and never stops the batch. Leaving
+        the loop early cancels the rest; wrap the call in ``contextlib.aclosing`` for that
+        to happen at once.
+        """
         from ._batch import run_batch
 
         return run_batch(
