@@ -322,6 +322,7 @@ class _Tracked:
     version: int = 0
     in_fetch: bool = False
     wake_pending: bool = False
+    hold_until: float | None = None  # a webhook job's safety-net check (a wake keeps it)
     on_resolved: Callable[[_Tracked], None] | None = None
 
     @property
@@ -412,6 +413,7 @@ class Poller:
         )
         self._tracked[job.id] = entry
         if first_check is not None:
+            entry.hold_until = now + first_check
             self._arm(entry, now + first_check)
         else:
             self._arm_next(entry, now)
@@ -573,6 +575,9 @@ class Poller:
         if entry.wake_pending:
             entry.wake_pending = False
             self._arm(entry, self._clock())
+            return
+        if entry.hold_until is not None and entry.hold_until > self._clock():
+            self._arm(entry, entry.hold_until)  # an early wake-up: back to the safety net
             return
         anchor = sent + max(0.0, answer.eta)
         end = entry.anchor + (entry.offsets[-1] if entry.offsets else 0.0)
