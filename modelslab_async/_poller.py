@@ -22,6 +22,7 @@ there is no task per waiting job and no busy loop.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import heapq
 import itertools
 import logging
@@ -29,7 +30,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import anyio
@@ -474,7 +475,11 @@ class Poller:
                             self._resolve(entry, error=GenerationTimeout(entry.job_id, waited))
                             continue
                         entry.in_fetch = True
-                        tg.start_soon(self._check, entry)
+                        # A fetch slot first: at most fetch_concurrency check tasks exist,
+                        # however many jobs are due at once.
+                        token = object()
+                        await self._limiter.acquire_on_behalf_of(token)
+                        tg.start_soon(self._check, entry, token)
                     self._wakeup = anyio.Event()
                     delay = self._heap[0][0] - self._clock() if self._heap else math.inf
                     if delay > 0:
@@ -514,9 +519,17 @@ class Poller:
         entry.backoffs += 1
         self._arm(entry, now + wait * (1 + random.uniform(0, self.policy.jitter)))
 
-    async def _check(self, entry: _Tracked) -> None:
+    @contextlib.contextmanager
+    def _slot(self, token: object) -> Iterator[None]:
+        """Hold the fetch slot :meth:`run` took for one check; release it on exit."""
         try:
-            async with self._limiter:
+            yield
+        finally:
+            self._limiter.release_on_behalf_of(token)
+
+    async def _check(self, entry: _Tracked, token: object) -> None:
+        try:
+            with self._slot(token):
                 if entry.resolved:
                     return
                 self._fetching += 1
