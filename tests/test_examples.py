@@ -72,3 +72,23 @@ async def test_pipeline_writes_images_manifest_and_dataset(tmp_path: Path) -> No
     assert all(r["error"] is None for r in rows)
     _assert_pngs([tmp_path / f for r in rows for f in r["files"]], 12)
     assert (tmp_path / "out" / "manifest.jsonl").stat().st_size > 0
+
+
+async def test_webhook_aiohttp_selftest(tmp_path: Path) -> None:
+    result = await _run(
+        sys.executable, str(EXAMPLES / "webhook_aiohttp.py"), "--selftest", "out", cwd=tmp_path
+    )
+    paths = [tmp_path / p for p in result.stdout.decode().split()]
+    _assert_pngs(paths, 1)
+    assert b"announced by webhook" in result.stderr
+
+
+async def test_webhook_fastapi_selftest(tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    result = await _run(
+        sys.executable, str(EXAMPLES / "webhook_fastapi.py"), "--selftest", "out", cwd=tmp_path
+    )
+    paths = [tmp_path / p for p in result.stdout.decode().split()]
+    _assert_pngs(paths, 1)
+    assert b"announced by webhook" in result.stderr
