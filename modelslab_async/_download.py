@@ -38,6 +38,7 @@ _SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
     (b"GIF87a", "gif", "image/gif"),
     (b"GIF89a", "gif", "image/gif"),
 )
+_PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last bytes of every PNG
 _DATA_PREFIX = re.compile(rb"^\s*data:[\w/+.-]*;base64,", re.IGNORECASE)
 PART_SUFFIX = ".part"
 
@@ -212,6 +213,7 @@ class Downloader:
                 buffer = bytearray()
                 received = 0
                 head = b""
+                tail = b""
                 async for chunk in resp.content.iter_chunked(64 * 1024):
                     received += len(chunk)
                     if received > limit:
@@ -229,6 +231,7 @@ class Downloader:
                                 job_id=job_id,
                             )
                     buffer += chunk
+                    tail = (tail + bytes(chunk[-16:]))[-16:]
                     if folder is not None and not is_b64 and len(buffer) >= self.policy.chunk_size:
                         if writer is None:
                             writer = await _PartWriter.open(folder, stem)
@@ -279,6 +282,19 @@ class Downloader:
                     )
                 )
         ext, ctype = kind
+        # A body cut short can still match its Content-Length (a broken origin or proxy).
+        if ext == "png" and not (tail if writer is not None else data).endswith(_PNG_END):
+            if writer is not None:
+                with anyio.CancelScope(shield=True):
+                    await writer.discard()
+            raise _AttemptFailed(
+                _Outcome(
+                    TransportError(
+                        f"download {url}: PNG cut off (no IEND)", url=url, kind="truncated"
+                    ),
+                    sent=True,
+                )
+            )
         if folder is None:
             return GeneratedImage(
                 url=url, index=index, job_id=job_id, data=data, content_type=ctype
