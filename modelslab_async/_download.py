@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -331,7 +332,7 @@ class _PartWriter:
     @classmethod
     async def open(cls, folder: Path, stem: str) -> _PartWriter:
         path = _part_path(folder, stem)
-        handle = await anyio.to_thread.run_sync(lambda: open(path, "wb"))  # noqa: SIM115
+        handle = await anyio.to_thread.run_sync(_open_part, path)
         return cls(path, handle)
 
     async def write(self, data: bytes) -> None:
@@ -367,11 +368,21 @@ def _part_path(folder: Path, stem: str) -> Path:
     return folder / f".{stem}.{random.getrandbits(32):08x}{PART_SUFFIX}"
 
 
+def _open_part(path: Path) -> BinaryIO:
+    """Open a ``.part`` file for writing; its folder is made again if it was removed since
+    the downloader made it (it makes each folder once)."""
+    try:
+        return open(path, "wb")
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "wb")
+
+
 def _write_atomic(folder: Path, stem: str, data: bytes, final: Path) -> Path:
     """Write *data* to a ``.part`` file, then rename it to *final* (in a worker thread)."""
     part = _part_path(folder, stem)
     try:
-        with open(part, "wb") as handle:
+        with _open_part(part) as handle:
             handle.write(data)
         os.replace(part, final)
     except BaseException:
