@@ -1,0 +1,292 @@
+"""Downloads against the emulator over 127.0.0.1: late links, faults, base64, atomic files.
+
+Every test runs under the blockbuster fixture: a blocking call on the event loop (file I/O
+outside a worker thread, ``time.sleep``) fails it. Each file the SDK leaves in a
+destination folder is checked as a whole PNG (Pillow decodes it), and no ``.part`` or
+hidden file may stay behind.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+import pytest
+from PIL import Image
+
+from modelslab_async import (
+    Client,
+    DownloadError,
+    DownloadPolicy,
+    Generation,
+    RetryPolicy,
+    Text2ImgRequest,
+)
+from modelslab_async._errors import JobId
+from modelslab_async.emulator import Emulator, EmulatorConfig, EndpointFaults, Faults
+from modelslab_async.emulator._stats import JobStats
+
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("blockbuster")]
+
+KEY = "test-key-downloads"
+PNG = b"\x89PNG\r\n\x1a\n"
+RETRY = RetryPolicy(initial=0.01, max_wait=0.05, max_retries=8)
+FAST_NOT_READY = DownloadPolicy(not_ready_initial=0.02, not_ready_max=0.1)
+GUARD = 20.0  # seconds: a hang guard, never an assertion on speed
+
+
+@asynccontextmanager
+async def emulated(
+    config: EmulatorConfig | None = None, /, **client_kw: Any
+) -> AsyncIterator[tuple[Emulator, Client]]:
+    config = config or EmulatorConfig(workers=4, duration=(0.05, 0.1))
+    client_kw.setdefault("retry", RETRY)
+    client_kw.setdefault("download", FAST_NOT_READY)
+    async with (
+        Emulator(config) as emu,
+        Client(KEY, base_url=emu.base_url, **client_kw) as client,
+    ):
+        with anyio.fail_after(GUARD):
+            yield emu, client
+
+
+def job_stats(emu: Emulator, job_id: JobId | None) -> JobStats:
+    return emu.stats.jobs[int(str(job_id))]
+
+
+def is_whole_png(data: bytes) -> bool:
+    """True when *data* is a PNG that decodes to the last pixel."""
+    if not data.startswith(PNG):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+    except (OSError, SyntaxError):
+        return False
+    return True
+
+
+def names(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+def assert_clean_folder(folder: Path, expected: set[str]) -> None:
+    """Exactly *expected* files, each a whole PNG; no ``.part`` and no hidden file."""
+    found = names(folder)
+    assert not [n for n in found if n.startswith(".") or n.endswith(".part")], found
+    assert found == expected
+    for name in found:
+        assert is_whole_png((folder / name).read_bytes()), name
+
+
+# --- links that are not there yet -------------------------------------------------------------
+
+
+async def test_links_that_404_for_a_while_after_success_are_retried(tmp_path: Path) -> None:
+    # sync_threshold: the submit answers success, and the download starts at once.
+    config = EmulatorConfig(duration=0.05, sync_threshold=1.0, link_delay=0.5)
+    async with emulated(config) as (emu, client):
+        gen = await client.text2img(prompt="a red fox", samples=2, dest=tmp_path)
+    js = job_stats(emu, gen.id)
+    assert sorted(js.downloads) == [0, 1]
+    assert js.download_attempts > 2  # some attempts met the 404 page first
+    assert_clean_folder(tmp_path, {f"{gen.id}-0.png", f"{gen.id}-1.png"})
+
+
+async def test_late_links_fault_is_retried(tmp_path: Path) -> None:
+    config = EmulatorConfig(
+        duration=0.05, sync_threshold=1.0, faults=Faults(late_links=1.0, late_links_delay=0.5)
+    )
+    async with emulated(config) as (emu, client):
+        gen = await client.text2img(prompt="a red fox", dest=tmp_path)
+    assert emu.stats.faults_served["late_links"] == 1
+    assert job_stats(emu, gen.id).download_attempts > 1
+    assert_clean_folder(tmp_path, {f"{gen.id}-0.png"})
+
+
+async def test_links_that_never_come_raise_download_error_and_leave_nothing(
+    tmp_path: Path,
+) -> None:
+    config = EmulatorConfig(duration=0.05, link_delay=60.0)
+    policy = DownloadPolicy(not_ready_timeout=0.2, not_ready_initial=0.02, not_ready_max=0.05)
+    async with emulated(config, download=policy) as (emu, client):
+        job = await client.submit(prompt="a red fox")
+        gen = await client.wait(job)
+        with pytest.raises(DownloadError) as info:
+            await client.download(gen, tmp_path)
+    assert info.value.job_id == gen.id
+    assert info.value.url in (*gen.output, *gen.proxy_links)
+    assert info.value.status_code == 404
+    assert job_stats(emu, gen.id).downloads == {}
+    assert names(tmp_path) == set()
+
+
+# --- faults on the wire -----------------------------------------------------------------------
+
+
+#: Images are written from memory, or streamed to a ``.part`` file 1 KiB at a time.
+WRITE_MODES = pytest.mark.parametrize(
+    "policy",
+    [FAST_NOT_READY, attrs.evolve(FAST_NOT_READY, chunk_size=1024)],
+    ids=["in-memory", "streamed"],
+)
+
+
+@WRITE_MODES
+async def test_truncated_downloads_are_retried_and_leave_no_part_or_corrupt_file(
+    policy: DownloadPolicy, tmp_path: Path
+) -> None:
+    config = EmulatorConfig(
+        workers=4, duration=0.05, seed=3, faults=Faults(download=EndpointFaults(truncated=0.3))
+    )
+    async with emulated(config, download=policy) as (emu, client):
+        gens: list[Generation] = []
+
+        async def one(i: int) -> None:
+            gens.append(await client.text2img(prompt=f"item {i}", samples=2, dest=tmp_path))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(one, i)
+        retries = client.statistics().calls["retries"]
+    assert emu.stats.faults_served["download.truncated"] > 0
+    assert retries >= emu.stats.faults_served["download.truncated"]
+    assert_clean_folder(tmp_path, {f"{g.id}-{n}.png" for g in gens for n in (0, 1)})
+
+
+@WRITE_MODES
+async def test_a_corrupt_image_with_a_matching_length_is_retried_not_kept(
+    policy: DownloadPolicy, tmp_path: Path
+) -> None:
+    # The emulator's "malformed" download: half of the PNG, with a Content-Length to match.
+    config = EmulatorConfig(
+        workers=4, duration=0.05, seed=5, faults=Faults(download=EndpointFaults(malformed_json=0.3))
+    )
+    async with emulated(config, download=policy) as (emu, client):
+        gens = [await client.text2img(prompt=f"item {i}", dest=tmp_path) for i in range(6)]
+    assert emu.stats.faults_served["download.malformed_json"] > 0
+    assert_clean_folder(tmp_path, {f"{g.id}-0.png" for g in gens})
+
+
+async def test_a_reset_connection_is_retried(tmp_path: Path) -> None:
+    config = EmulatorConfig(
+        duration=0.05, seed=1, faults=Faults(download=EndpointFaults(reset=0.3, http_5xx=0.2))
+    )
+    async with emulated(config) as (emu, client):
+        gens = [await client.text2img(prompt=f"item {i}", dest=tmp_path) for i in range(5)]
+    served = emu.stats.faults_served
+    assert served["download.reset"] + served["download.http_5xx"] > 0
+    assert_clean_folder(tmp_path, {f"{g.id}-0.png" for g in gens})
+
+
+# --- base64 -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", [False, True], ids=["plain", "data-uri"])
+async def test_base64_output_decodes_to_the_same_png_as_a_normal_link(
+    prefix: bool, tmp_path: Path
+) -> None:
+    request = Text2ImgRequest(prompt="a red fox", seed=42, width=256, height=192, samples=2)
+    config = EmulatorConfig(duration=0.05, base64_prefix=prefix)
+    async with emulated(config) as (_emu, client):
+        normal = await client.text2img(request, dest=tmp_path / "normal")
+        encoded = await client.text2img(request.replace(base64=True), dest=tmp_path / "b64")
+        in_memory = await client.text2img(request.replace(base64=True))
+    assert all(url.endswith(".base64") for url in encoded.output)
+    assert not any(url.endswith(".base64") for url in normal.output)
+    for a, b, c in zip(normal.images, encoded.images, in_memory.images, strict=True):
+        assert a.path is not None
+        assert b.path is not None
+        assert b.path.suffix == ".png"
+        assert b.content_type == "image/png"
+        assert b.path.read_bytes() == a.path.read_bytes()
+        assert c.data == a.path.read_bytes()
+    assert len(normal.images) == 2
+    assert_clean_folder(tmp_path / "b64", {f"{encoded.id}-0.png", f"{encoded.id}-1.png"})
+    with Image.open(tmp_path / "b64" / f"{encoded.id}-0.png") as img:
+        assert img.size == (256, 192)
+
+
+# --- what lands where -------------------------------------------------------------------------
+
+
+async def test_download_without_dest_returns_the_bytes_a_file_would_hold(tmp_path: Path) -> None:
+    async with emulated() as (_emu, client):
+        job = await client.submit(prompt="a red fox", seed=9)
+        gen = await client.wait(job)
+        [in_memory] = await client.download(gen)
+        [on_disk] = await client.download(gen, tmp_path)
+    assert in_memory.path is None
+    assert in_memory.data is not None
+    assert is_whole_png(in_memory.data)
+    assert on_disk.data is None
+    assert on_disk.path is not None
+    assert on_disk.path.read_bytes() == in_memory.data
+    assert in_memory.size == len(in_memory.data)
+
+
+async def test_downloading_again_overwrites_the_same_files(tmp_path: Path) -> None:
+    async with emulated() as (emu, client):
+        gen = await client.text2img(prompt="a red fox", samples=2, dest=tmp_path)
+        again = await client.download(gen, tmp_path)
+        assert job_stats(emu, gen.id).download_attempts == 4
+    assert [img.path for img in again] == [img.path for img in gen.images]
+    assert_clean_folder(tmp_path, {f"{gen.id}-0.png", f"{gen.id}-1.png"})
+
+
+@WRITE_MODES
+async def test_a_removed_dest_folder_is_created_again(
+    policy: DownloadPolicy, tmp_path: Path
+) -> None:
+    dest = tmp_path / "out"
+    async with emulated(download=policy) as (_emu, client):
+        first = await client.text2img(prompt="one", dest=dest)
+        for path in dest.iterdir():
+            path.unlink()
+        dest.rmdir()
+        second = await client.text2img(prompt="two", dest=dest)
+    assert_clean_folder(dest, {f"{second.id}-0.png"})
+    assert first.id != second.id
+
+
+async def test_the_proxy_link_is_used_when_the_primary_keeps_failing(tmp_path: Path) -> None:
+    policy = DownloadPolicy(not_ready_timeout=0.1, not_ready_initial=0.02, not_ready_max=0.05)
+    async with emulated(download=policy) as (emu, client):
+        job = await client.submit(prompt="a red fox")
+        gen = await client.wait(job)
+        assert gen.proxy_links
+        broken = Generation(
+            id=gen.id,
+            output=(emu.root_url + "/generations/no-such-image-0.png",),
+            proxy_links=gen.proxy_links,
+        )
+        [img] = await client.download(broken, tmp_path)
+    assert img.url == gen.proxy_links[0]
+    assert "/cdn/" in img.url
+    assert_clean_folder(tmp_path, {f"{gen.id}-0.png"})
+
+
+async def test_a_non_http_link_is_refused_without_a_request(tmp_path: Path) -> None:
+    async with emulated() as (emu, client):
+        gen = Generation(id=7, output=("file:///etc/passwd",))
+        with pytest.raises(DownloadError, match="non-http") as info:
+            await client.download(gen, tmp_path)
+    assert info.value.url == "file:///etc/passwd"
+    assert info.value.job_id == 7
+    assert emu.stats.requests_by_endpoint["download"] == 0
+    assert names(tmp_path) == set()
+
+
+async def test_an_image_over_the_size_cap_is_refused_and_not_kept(tmp_path: Path) -> None:
+    async with emulated(download=DownloadPolicy(max_bytes=64)) as (_emu, client):
+        job = await client.submit(prompt="a red fox")
+        gen = await client.wait(job)
+        with pytest.raises(DownloadError, match="cap") as info:
+            await client.download(gen, tmp_path)
+    assert info.value.job_id == gen.id
+    assert names(tmp_path) == set()
