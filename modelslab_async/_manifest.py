@@ -121,6 +121,7 @@ class Manifest:
         self._lock = anyio.Lock()
         self.previous: dict[int, ManifestRecord] = {}
         self.written = 0
+        self._error: OSError | None = None
 
     async def open(self) -> Manifest:
         """Read the previous run's state and open the file for appending."""
@@ -141,17 +142,28 @@ class Manifest:
         return self
 
     async def append(self, record: ManifestRecord) -> None:
-        """Append *record*; returns once it (and any record queued before it) is fsynced."""
+        """Append *record*; returns once it (and any record queued before it) is fsynced.
+
+        Raises the ``OSError`` of a failed write, for this append and every later one: a
+        record that may not be on disk never looks written.
+        """
         if self._handle is None:
             raise RuntimeError("manifest is not open")
         line = json.dumps(_redacted(record.to_json()), separators=(",", ":"), default=str)
         self._pending.append(line)
         with anyio.CancelScope(shield=True):
             async with self._lock:
-                if not self._pending:
-                    return  # a writer before us wrote ours too
-                lines, self._pending = self._pending, []
-                await anyio.to_thread.run_sync(self._write, lines)
+                if self._error is None and self._pending:
+                    lines, self._pending = self._pending, []
+                    try:
+                        await anyio.to_thread.run_sync(self._write, lines)
+                    except OSError as exc:
+                        self._error = exc
+                # else: a writer before us wrote ours too (or failed to)
+                if self._error is not None:
+                    err = self._error
+                    reason = err.strerror or str(err)
+                    raise OSError(err.errno, f"manifest {self.path} not written: {reason}") from err
 
     def _write(self, lines: list[str]) -> None:
         handle = self._handle
