@@ -71,6 +71,19 @@ def is_whole_png(data: bytes) -> bool:
     return True
 
 
+async def text2img_many(client: Client, n: int, dest: Path, **fields: Any) -> list[Generation]:
+    """*n* concurrent ``text2img`` calls into *dest*."""
+    gens: list[Generation] = []
+
+    async def one(i: int) -> None:
+        gens.append(await client.text2img(prompt=f"item {i}", dest=dest, **fields))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(one, i)
+    return gens
+
+
 def names(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir()}
 
@@ -145,14 +158,7 @@ async def test_truncated_downloads_are_retried_and_leave_no_part_or_corrupt_file
         workers=4, duration=0.05, seed=3, faults=Faults(download=EndpointFaults(truncated=0.3))
     )
     async with emulated(config, download=policy) as (emu, client):
-        gens: list[Generation] = []
-
-        async def one(i: int) -> None:
-            gens.append(await client.text2img(prompt=f"item {i}", samples=2, dest=tmp_path))
-
-        async with anyio.create_task_group() as tg:
-            for i in range(4):
-                tg.start_soon(one, i)
+        gens = await text2img_many(client, 4, tmp_path, samples=2)
         retries = client.statistics().calls["retries"]
     assert emu.stats.faults_served["download.truncated"] > 0
     assert retries >= emu.stats.faults_served["download.truncated"]
@@ -168,7 +174,7 @@ async def test_a_corrupt_image_with_a_matching_length_is_retried_not_kept(
         workers=4, duration=0.05, seed=5, faults=Faults(download=EndpointFaults(malformed_json=0.3))
     )
     async with emulated(config, download=policy) as (emu, client):
-        gens = [await client.text2img(prompt=f"item {i}", dest=tmp_path) for i in range(6)]
+        gens = await text2img_many(client, 6, tmp_path)
     assert emu.stats.faults_served["download.malformed_json"] > 0
     assert_clean_folder(tmp_path, {f"{g.id}-0.png" for g in gens})
 
@@ -178,7 +184,7 @@ async def test_a_reset_connection_is_retried(tmp_path: Path) -> None:
         duration=0.05, seed=1, faults=Faults(download=EndpointFaults(reset=0.3, http_5xx=0.2))
     )
     async with emulated(config) as (emu, client):
-        gens = [await client.text2img(prompt=f"item {i}", dest=tmp_path) for i in range(5)]
+        gens = await text2img_many(client, 5, tmp_path)
     served = emu.stats.faults_served
     assert served["download.reset"] + served["download.http_5xx"] > 0
     assert_clean_folder(tmp_path, {f"{g.id}-0.png" for g in gens})
