@@ -85,9 +85,7 @@ class WebhookReceiver:
 
     def set_public_url(self, public_url: str) -> None:
         """Set the URL the API posts to (the token is appended as a query parameter)."""
-        parts = urlsplit(public_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigurationError(f"public_url: got {public_url!r}, allowed an http(s) URL")
+        _check_url(public_url)
         self._public_url = public_url
 
     @property
@@ -98,7 +96,7 @@ class WebhookReceiver:
         if self.token is None:
             return self._public_url
         parts = urlsplit(self._public_url)
-        query = parse_qs(parts.query)
+        query = parse_qs(parts.query, keep_blank_values=True)
         query["token"] = [self.token]
         return urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
 
@@ -242,18 +240,32 @@ class WebhookReceiver:
         path: str = "/modelslab/webhook",
         public_url: str | None = None,
     ) -> str:
-        """Serve the receiver in *tg* (until it is cancelled); returns the URL listened on."""
+        """Serve the receiver in *tg* (until it is cancelled); returns the URL listened on.
+
+        The public URL becomes *public_url*, or the local one (a wildcard *host* shows as
+        the loopback address).
+        """
+        if public_url is not None:
+            _check_url(public_url)  # before anything is bound
         app = web.Application(client_max_size=self.max_body + 1024)
         app.router.add_route("*", path, self.aiohttp_handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        runner = web.AppRunner(app, access_log=None)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            await runner.setup()
+            site = web.SockSite(runner, sock)
+            await site.start()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await runner.cleanup()
+            sock.close()
+            raise
         bound = sock.getsockname()[1]
-        site = web.SockSite(runner, sock)
-        await site.start()
-        shown = f"[{host}]" if ":" in host else host
+        shown = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host)
+        if shown is None:
+            shown = f"[{host}]" if ":" in host else host
         local = f"http://{shown}:{bound}{path}"
         self.set_public_url(public_url or local)
 
@@ -270,6 +282,12 @@ class WebhookReceiver:
 
 def _noop() -> None:
     return None
+
+
+def _check_url(public_url: str) -> None:
+    parts = urlsplit(public_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"public_url: got {public_url!r}, allowed an http(s) URL")
 
 
 async def _asgi_answer(send: Send, status: int, text: str) -> None:
