@@ -581,6 +581,38 @@ async def test_a_webhook_before_the_submit_answer_is_kept() -> None:
     assert receiver.expected == 0
 
 
+# --- the standalone server ----------------------------------------------------------------
+
+
+async def test_standalone_on_a_wildcard_host_posts_to_loopback() -> None:
+    async with Emulator(config()) as emu, Client(KEY, base_url=emu.base_url) as client:
+        receiver = await client.webhooks("0.0.0.0", 0)
+        assert receiver.url.startswith("http://127.0.0.1:")
+        with anyio.fail_after(DEADLINE):
+            gen = await client.text2img(prompt="anywhere")
+        assert emu.stats.jobs[int(str(gen.id))].fetch_calls <= 1
+        assert receiver.stats["accepted"] >= 1
+
+
+@pytest.mark.filterwarnings("error::ResourceWarning")
+async def test_standalone_on_a_busy_port_raises_and_the_client_polls_on() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        async with Emulator(config()) as emu, Client(KEY, base_url=emu.base_url) as client:
+            with pytest.raises(OSError):  # noqa: PT011 - EADDRINUSE, errno differs by platform
+                await client.webhooks("127.0.0.1", port)
+            with pytest.raises(ConfigurationError):
+                await client.webhooks("127.0.0.1", 0, public_url="ftp://example.com/hook")
+            job = await client.submit(prompt="polled")
+            assert isinstance(job, Job)
+            assert job.request is not None
+            assert job.request.webhook is None
+            with anyio.fail_after(DEADLINE):
+                await client.wait(job)
+
+
 # --- configuration ------------------------------------------------------------------------
 
 
@@ -590,9 +622,10 @@ def test_public_url_must_be_http() -> None:
     receiver = WebhookReceiver()
     with pytest.raises(ConfigurationError):
         _ = receiver.url
-    receiver.set_public_url("https://api.example.com/hook?tenant=7")
+    receiver.set_public_url("https://api.example.com/hook?tenant=7&flag=")
     assert receiver.url.startswith("https://api.example.com/hook?")
     assert "tenant=7" in receiver.url
+    assert "flag=" in receiver.url
     assert f"token={receiver.token}" in receiver.url
 
 
