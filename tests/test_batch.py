@@ -925,3 +925,21 @@ async def test_sigkill_mid_batch_then_rerun_completes_without_paying_twice(
         assert not path.name.startswith(".")
         assert not path.name.endswith(".part")
         assert_png(path, (96, 64))
+
+
+# --- no blocking call on the event loop ------------------------------------------------------
+
+
+@pytest.mark.usefixtures("blockbuster")
+async def test_a_batch_and_its_rerun_make_no_blocking_call_on_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    manifest, out = tmp_path / "run.jsonl", tmp_path / "out"
+    requests = [small(f"non-blocking {i}") for i in range(6)]
+    async with emulator(seed=18) as emu:
+        async with client(emu) as c:
+            first = await collect(c.generate_many(requests, dest=out, manifest=manifest))
+        async with client(emu) as c:
+            second = await collect(c.generate_many(requests, dest=out, manifest=manifest))
+    assert all(r.ok for r in first)
+    assert all(r.from_manifest for r in second)
