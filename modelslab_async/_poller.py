@@ -75,6 +75,8 @@ class PollPolicy:
     - ``fetch_concurrency``: fetch calls in flight at once. ``max_fetch_errors``:
       consecutive failed fetches (after the transport's own retries) before the job fails.
     - ``learn``: learn the schedule from resolved jobs (False: prior + backoff only).
+      ``explore``: the share of jobs given one extra, earlier check, so that the schedule
+      keeps seeing how early jobs can finish.
     - ``webhook_grace``: for a job whose completion a webhook announces, the first check
       (the safety net for a lost webhook) comes ``eta + webhook_grace`` seconds after submit.
     """
@@ -93,6 +95,7 @@ class PollPolicy:
     min_samples: int = attrs.field(default=24, validator=_positive)
     history: int = attrs.field(default=400, validator=_positive)
     learn: bool = True
+    explore: float = attrs.field(default=0.1, validator=_positive)
 
     @classmethod
     def frugal(cls, **changes: Any) -> PollPolicy:
@@ -115,13 +118,20 @@ def _bucket(eta: float) -> int:
     return bisect.bisect_left(_BUCKET_EDGES, max(0.0, eta))
 
 
-def _prior_intervals(eta: float, lead: float) -> list[tuple[float, float]]:
-    """A flat prior over [-(lead + 40% eta), +(1 + 50% eta)] around the anchor."""
-    lo = -(lead + 0.4 * eta)
-    hi = 1.0 + 0.5 * eta
+def _prior_intervals(
+    eta: float, lead: float, early: float = 0.4, late: float = 0.5
+) -> list[tuple[float, float]]:
+    """A flat prior over [-(lead + early*eta), +(1 + late*eta)] around the anchor."""
+    lo = -(lead + early * eta)
+    hi = 1.0 + late * eta
     n = 40
     step = (hi - lo) / n
     return [(lo + i * step, lo + (i + 1) * step) for i in range(n)]
+
+
+def _scale(eta_from: float, eta_to: float) -> float:
+    """How a ready-offset spread observed at one eta stretches to another (~sqrt)."""
+    return math.sqrt((max(0.0, eta_to) + 1.0) / (max(0.0, eta_from) + 1.0))
 
 
 def _density(
@@ -136,8 +146,9 @@ def _density(
     """
     spans: list[tuple[int, int]] = []
     for a, b in intervals:
-        i0 = min(n - 1, max(0, math.ceil((a - lo) / step - 1e-9)))
-        i1 = min(n - 1, max(i0, math.ceil((b - lo) / step - 1e-9)))
+        # (a, b] is open on the left: a check at a found the job not ready.
+        i1 = min(n - 1, max(0, math.ceil((b - lo) / step - 1e-9)))
+        i0 = min(i1, max(0, math.floor((a - lo) / step + 1e-9) + 1)) if b > a else i1
         spans.append((i0, i1))
     weight = 1.0 / len(spans)
     mass = [0.0] * n
@@ -245,15 +256,19 @@ class ScheduleModel:
 
     A history is kept per (anchor kind, eta bucket): offsets from a fetch answer's anchor
     are conditioned on the job not being ready at that fetch, so they are learned apart
-    from offsets from the submit answer.
+    from offsets from the submit answer. A bucket with too few samples borrows those of
+    the other buckets of its kind, stretched by the square root of the eta ratio; with
+    none at all, a flat prior is used with a sparser schedule (the lag targets are for
+    the learned schedule; a blind one is kept cheap).
     """
 
     def __init__(self, policy: PollPolicy) -> None:
         self.policy = policy
-        self._samples: dict[tuple[int, int], deque[tuple[float, float]]] = {}
+        self._samples: dict[tuple[int, int], deque[tuple[float, float, float]]] = {}
         self._cache: dict[tuple[int, int], tuple[int, list[float]]] = {}
         self._prior: dict[tuple[int, int], list[float]] = {}
         self._added: dict[tuple[int, int], int] = {}
+        self._kind_added: dict[int, int] = {}
 
     def observe(self, kind: int, eta: float, lo: float, hi: float) -> None:
         """Record that a job anchored with *eta* became ready between offsets lo and hi."""
@@ -263,38 +278,64 @@ class ScheduleModel:
         history = self._samples.get(key)
         if history is None:
             history = self._samples[key] = deque(maxlen=self.policy.history)
-        history.append((lo, hi))
+        history.append((lo, hi, eta))
         self._added[key] = self._added.get(key, 0) + 1
+        self._kind_added[kind] = self._kind_added.get(kind, 0) + 1
 
     @property
     def total_samples(self) -> int:
         return sum(len(h) for h in self._samples.values())
 
     def offsets(self, kind: int, eta: float) -> list[float]:
-        """The check offsets for a job anchored with *eta* (learned, or the prior)."""
+        """The check offsets for a job anchored with *eta* (learned, borrowed or prior)."""
+        policy = self.policy
         key = (kind, _bucket(eta))
         history = self._samples.get(key)
-        if history is None or len(history) < self.policy.min_samples:
-            prior_key = (kind, round(eta * 4))
-            offsets = self._prior.get(prior_key)
-            if offsets is None:
-                lead = self.policy.lead if kind == SUBMIT else self.policy.lead / 2
+        if history is not None and len(history) >= policy.min_samples:
+            added = self._added.get(key, 0)
+            cached = self._cache.get(key)
+            if cached is None or added - cached[0] >= max(8, len(history) // 8):
+                intervals = [(lo, hi) for lo, hi, _ in history]
                 offsets = optimal_offsets(
-                    _prior_intervals(eta, lead),
-                    fetch_cost=self.policy.fetch_cost,
-                    max_gap=self.policy.max_gap,
+                    intervals, fetch_cost=policy.fetch_cost, max_gap=policy.max_gap
                 )
-                self._prior[prior_key] = offsets
-            return offsets
-        added = self._added.get(key, 0)
-        cached = self._cache.get(key)
-        if cached is None or added - cached[0] >= max(8, len(history) // 8):
-            offsets = optimal_offsets(
-                list(history), fetch_cost=self.policy.fetch_cost, max_gap=self.policy.max_gap
-            )
-            cached = (added, offsets)
-            self._cache[key] = cached
-        return cached[1]
+                cached = (added, offsets)
+                self._cache[key] = cached
+            return cached[1]
+        borrowed = [
+            (lo * f, hi * f)
+            for (k, _), other in self._samples.items()
+            if k == kind
+            for lo, hi, seen in other
+            for f in (_scale(seen, eta),)
+        ]
+        if kind == SUBMIT and len(borrowed) >= policy.min_samples:
+            # Re-planned as the kind's history grows (cheaply: every 8 new samples).
+            stamp = self._kind_added.get(kind, 0) // 8
+            cache_key = (kind, 10_000 + round(eta * 4))
+            cached = self._cache.get(cache_key)
+            if cached is None or cached[0] != stamp:
+                sample = borrowed[-policy.history :]
+                offsets = optimal_offsets(
+                    sample, fetch_cost=policy.fetch_cost, max_gap=policy.max_gap
+                )
+                cached = (stamp, offsets)
+                self._cache[cache_key] = cached
+            return cached[1]
+        prior_key = (kind, round(eta * 4))
+        known = self._prior.get(prior_key)
+        if known is None:
+            lead = policy.lead if kind == SUBMIT else policy.lead / 2
+            if kind == SUBMIT and eta > 10:  # blind and long: keep it cheap
+                gap = None if policy.max_gap is None else max(policy.max_gap, 0.1 * eta)
+                intervals = _prior_intervals(eta, lead, 0.25, 0.35)
+                cost = max(policy.fetch_cost, 0.5)
+            else:  # short, or a job already late: catch it quickly
+                gap, cost = policy.max_gap, policy.fetch_cost
+                intervals = _prior_intervals(eta, lead)
+            known = optimal_offsets(intervals, fetch_cost=cost, max_gap=gap)
+            self._prior[prior_key] = known
+        return known
 
 
 # --- tracked jobs ---------------------------------------------------------------------------
@@ -397,6 +438,11 @@ class Poller:
         answered = now - min(elapsed, 3600.0)
         anchor = answered + max(0.0, job.eta)
         offsets = self.model.offsets(SUBMIT, job.eta)
+        if offsets and self.policy.learn and random.random() < self.policy.explore:
+            # One early check on a few jobs keeps the left tail of the ready times in view
+            # (jobs ready before the first check say only "somewhere before it").
+            reach = max(1.0, 0.25 * job.eta + self.policy.lead)
+            offsets = [offsets[0] - random.uniform(0.25, 1.0) * reach, *offsets]
         deadline = None if self.policy.max_wait is None else answered + self.policy.max_wait
         entry = _Tracked(
             job_id=job.id,

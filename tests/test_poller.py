@@ -146,7 +146,7 @@ def test_schedule_model_uses_the_prior_below_min_samples() -> None:
     )
 
 
-def test_schedule_model_keeps_anchor_kinds_and_eta_buckets_apart() -> None:
+def test_schedule_model_keeps_anchor_kinds_apart_and_lets_sparse_buckets_borrow() -> None:
     policy = PollPolicy(min_samples=4)
     model = ScheduleModel(policy)
     prior_refresh = model.offsets(FIRST_REFRESH, 2.0)
@@ -155,7 +155,11 @@ def test_schedule_model_keeps_anchor_kinds_and_eta_buckets_apart() -> None:
         model.observe(SUBMIT, 2.0, 3.0, 3.1)
     assert model.offsets(SUBMIT, 2.0) != model.offsets(FIRST_REFRESH, 2.0)
     assert model.offsets(FIRST_REFRESH, 2.0) == prior_refresh
-    assert model.offsets(SUBMIT, 30.0) == prior_long
+    # An empty submit bucket borrows the others' samples, stretched by sqrt(eta ratio).
+    borrowed = model.offsets(SUBMIT, 30.0)
+    assert borrowed != prior_long
+    stretch = math.sqrt(31.0 / 3.0)
+    assert borrowed[-1] == pytest.approx(3.1 * stretch, abs=0.1)
 
 
 def test_schedule_model_without_learning_and_with_bad_samples_stays_on_the_prior() -> None:
