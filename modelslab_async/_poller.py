@@ -65,7 +65,8 @@ class PollPolicy:
     """When the poller checks a processing job.
 
     - ``fetch_cost``: seconds of result lag one fetch call is worth; lower = more checks
-      and less lag. ``max_gap``: the longest gap between two checks where jobs are
+      and less lag. ``relative_cost`` caps it at that share of the typical wait, for jobs
+      of a fraction of a second (0 turns the cap off). ``max_gap``: the longest gap between two checks where jobs are
       expected to finish (None: no cap). Both shape the learned schedule.
     - ``lead``: with no history yet, how much before ``eta`` the prior schedule may start.
     - ``initial_backoff``, ``backoff_factor``, ``max_backoff``, ``jitter``: the checks after
@@ -96,11 +97,19 @@ class PollPolicy:
     history: int = attrs.field(default=400, validator=_positive)
     learn: bool = True
     explore: float = attrs.field(default=0.1, validator=_positive)
+    relative_cost: float = attrs.field(default=0.25, validator=_positive)
 
     @classmethod
     def frugal(cls, **changes: Any) -> PollPolicy:
         """Few fetch calls (about 1.3 per job), at the cost of more lag."""
-        base = cls(fetch_cost=4.0, max_gap=None, lead=0.0, initial_backoff=0.5, max_backoff=5.0)
+        base = cls(
+            fetch_cost=4.0,
+            max_gap=None,
+            lead=0.0,
+            initial_backoff=0.5,
+            max_backoff=5.0,
+            relative_cost=0.0,
+        )
         return attrs.evolve(base, **changes)
 
     @classmethod
@@ -282,6 +291,17 @@ class ScheduleModel:
         self._added[key] = self._added.get(key, 0) + 1
         self._kind_added[kind] = self._kind_added.get(kind, 0) + 1
 
+    def _cost(self, kind: int, history: deque[tuple[float, float, float]]) -> float:
+        """The fetch cost for a bucket: ``fetch_cost``, but at most ``relative_cost`` of the
+        typical wait, so that jobs of a fraction of a second are not left waiting longer
+        than they ran (the lag holds an in-flight slot, which costs throughput)."""
+        policy = self.policy
+        if kind != SUBMIT or policy.relative_cost <= 0:
+            return policy.fetch_cost
+        waits = sorted(hi + eta for _, hi, eta in history)
+        typical = waits[len(waits) // 2]
+        return max(0.005, min(policy.fetch_cost, policy.relative_cost * typical))
+
     @property
     def total_samples(self) -> int:
         return sum(len(h) for h in self._samples.values())
@@ -297,7 +317,7 @@ class ScheduleModel:
             if cached is None or added - cached[0] >= max(8, len(history) // 8):
                 intervals = [(lo, hi) for lo, hi, _ in history]
                 offsets = optimal_offsets(
-                    intervals, fetch_cost=policy.fetch_cost, max_gap=policy.max_gap
+                    intervals, fetch_cost=self._cost(kind, history), max_gap=policy.max_gap
                 )
                 cached = (added, offsets)
                 self._cache[key] = cached
@@ -442,7 +462,9 @@ class Poller:
             # One early check on a few jobs keeps the left tail of the ready times in view
             # (jobs ready before the first check say only "somewhere before it").
             reach = max(1.0, 0.25 * job.eta + self.policy.lead)
-            offsets = [offsets[0] - random.uniform(0.25, 1.0) * reach, *offsets]
+            earliest = max(-max(0.0, job.eta), offsets[0] - reach)
+            if earliest < offsets[0]:
+                offsets = [random.uniform(earliest, offsets[0]), *offsets]
         deadline = None if self.policy.max_wait is None else answered + self.policy.max_wait
         entry = _Tracked(
             job_id=job.id,
