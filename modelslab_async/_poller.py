@@ -66,8 +66,9 @@ class PollPolicy:
 
     - ``fetch_cost``: seconds of result lag one fetch call is worth; lower = more checks
       and less lag. ``relative_cost`` caps it at that share of the typical wait, for jobs
-      of a fraction of a second (0 turns the cap off). ``max_gap``: the longest gap between two checks where jobs are
-      expected to finish (None: no cap). Both shape the learned schedule.
+      of a fraction of a second (0 turns the cap off). ``max_gap``: the longest gap
+      between two checks where jobs are expected to finish (None: no cap). They shape the
+      learned schedule.
     - ``lead``: with no history yet, how much before ``eta`` the prior schedule may start.
     - ``initial_backoff``, ``backoff_factor``, ``max_backoff``, ``jitter``: the checks after
       the schedule is used up (a job later than every job seen so far).
