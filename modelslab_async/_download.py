@@ -109,6 +109,8 @@ class Downloader:
         if folder is not None and folder not in self._made:
             await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
             self._made.add(folder)
+        if len(links) == 1:  # the common case: no task group needed
+            return [await self._one(generation, 0, folder)]
         results: list[GeneratedImage | None] = [None] * len(links)
         errors: list[ModelsLabError] = []
         limiter = anyio.CapacityLimiter(max(1, self.policy.concurrency))
