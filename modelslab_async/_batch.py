@@ -10,7 +10,10 @@ With a manifest, every state change is appended and fsynced before the next step
 rerun yields ``done`` items from the manifest (their files verified) without a network
 call, resumes ``submitted`` items by job id (never resubmitted), and retries ``failed``
 items only with ``retry_failed=True`` (by job id when the job itself may have
-succeeded). A job that fails with the API's transient answer ("Failed, Try Again") is
+succeeded). A ``submitted`` record without a job id is written right before each submit
+goes on the wire; an item left in that state by a crash may have a job nobody knows the
+id of, so a rerun fails it with ``AmbiguousSubmitError`` instead of paying twice (unless
+``retry_failed`` or the client's ``retry_ambiguous_submits``). A job that fails with the API's transient answer ("Failed, Try Again") is
 resubmitted up to ``max_resubmits`` times, each attempt recorded with its own track id.
 """
 
@@ -19,7 +22,14 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +41,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from ._convert import fingerprint
 from ._download import remove_stale_parts, verify_image_file
 from ._errors import (
+    AmbiguousSubmitError,
     BadRequestError,
     DownloadError,
     GenerationFailed,
@@ -247,6 +258,15 @@ class _Batch:
                 resume_id = previous.job_id  # files gone: download the finished job again
             elif previous.state == "submitted":
                 resume_id = previous.job_id
+                if resume_id in (None, ""):
+                    # The run stopped while this submit was on the wire: the job may exist.
+                    if self.retry_failed:
+                        attempt += 1  # asked for: submit again, under a new track id
+                    elif not self._may_resubmit_ambiguous():
+                        self.queued -= 1
+                        return await self._failed(
+                            index, request, fp, _interrupted_submit(previous), None, attempt
+                        )
             elif not self.retry_failed:
                 self.queued -= 1
                 return BatchResult(
@@ -299,7 +319,11 @@ class _Batch:
                 else:
                     job_id = None  # a new job: an error of this submit is not the last job's
                     sent = self._prepare(request, fp, index, attempt)
-                    answer = await self.client._submit(sent, webhook=self.webhook)
+                    answer = await self.client._submit(
+                        sent,
+                        webhook=self.webhook,
+                        before_send=self._write_ahead(index, fp, attempt, sent.track_id),
+                    )
                     self.submitted += 1
                     job_id = answer.id
                     await self._record(
@@ -342,6 +366,22 @@ class _Batch:
                 files=files,
                 job_id=generation.id,
             )
+
+    def _write_ahead(
+        self, index: int, fp: str, attempt: int, track_id: str | int | None
+    ) -> Callable[[], Awaitable[None]] | None:
+        """A ``submitted`` record without a job id, fsynced right before the submit goes on
+        the wire: a rerun after a crash mid-submit knows the job may exist, and does not
+        pay for it twice."""
+        if self.manifest is None:
+            return None
+        record = ManifestRecord(
+            index=index, state="submitted", fingerprint=fp, attempt=attempt, track_id=track_id
+        )
+        return lambda: self._record(record)
+
+    def _may_resubmit_ambiguous(self) -> bool:
+        return self.client.transport.retry.retry_ambiguous_submits
 
     def _prepare(
         self, request: Text2ImgRequest, fp: str, index: int, attempt: int
@@ -411,6 +451,16 @@ def _unwrap(exc: Exception) -> Exception:
 def _unknown_job(error: BadRequestError) -> bool:
     """True for the fetch answer about a job id the server does not know."""
     return "not found" in (error.api_message or "").lower()
+
+
+def _interrupted_submit(record: ManifestRecord) -> AmbiguousSubmitError:
+    track = f" (track_id {record.track_id})" if record.track_id not in (None, "") else ""
+    return AmbiguousSubmitError(
+        f"item {record.index}: the run that submitted it{track} stopped before the answer "
+        "arrived; the job may have been created, so it was not resubmitted (a duplicate "
+        "would be charged twice; retry_failed / --retry-failed submits it again)",
+        kind="interrupted",
+    )
 
 
 def _resumable(record: ManifestRecord) -> bool:

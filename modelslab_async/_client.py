@@ -8,7 +8,14 @@ import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -265,7 +272,11 @@ class Client:
         return await self._submit(req)
 
     async def _submit(
-        self, req: Text2ImgRequest, *, webhook: WebhookReceiver | None = None
+        self,
+        req: Text2ImgRequest,
+        *,
+        webhook: WebhookReceiver | None = None,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> Job | Generation:
         self._check_open()
         receiver = webhook if webhook is not None else self._webhook
@@ -279,7 +290,7 @@ class Client:
         token = object()
         await self._limiter.acquire(token)
         try:
-            answer = await self._transport.submit(req, wire)
+            answer = await self._transport.submit(req, wire, before_send=before_send)
         except BaseException:
             self._limiter.release(token)
             if receiver is not None:

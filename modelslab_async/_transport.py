@@ -279,10 +279,20 @@ class Transport:
 
     # --- API calls ---------------------------------------------------------------------
 
-    async def submit(self, request: Text2ImgRequest, wire: Mapping[str, Any]) -> Job | Generation:
-        """POST text2img; retried only where the job surely was not created."""
+    async def submit(
+        self,
+        request: Text2ImgRequest,
+        wire: Mapping[str, Any],
+        *,
+        before_send: Callable[[], Awaitable[None]] | None = None,
+    ) -> Job | Generation:
+        """POST text2img; retried only where the job surely was not created.
+
+        *before_send* is awaited once, right before the request first goes on the wire
+        (after any rate-limit pause): the batch records the submit ahead there.
+        """
         url = self.base_url + C.SUBMIT_PATH
-        return await self._call("submit", url, wire, request=request)
+        return await self._call("submit", url, wire, request=request, before_send=before_send)
 
     async def fetch(
         self, job_id: JobId, request: Text2ImgRequest | None = None
@@ -299,10 +309,15 @@ class Transport:
         *,
         request: Text2ImgRequest | None = None,
         job_id: JobId | None = None,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> Job | Generation:
         body = {"key": self._key, **fields}
 
         async def attempt() -> Job | Generation:
+            nonlocal before_send
+            if before_send is not None:
+                hook, before_send = before_send, None
+                await hook()
             self.counters[op] += 1
             return await self._post_once(op, url, body, request=request, job_id=job_id)
 

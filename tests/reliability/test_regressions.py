@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from modelslab_async import Client, ServerError
-from tests._scripted_server import PROCESSING, answer, scripted
+from modelslab_async import AmbiguousSubmitError, Client, ServerError, Text2ImgRequest
+from tests._scripted_server import PROCESSING, SUCCESS, answer, scripted
 
 pytestmark = pytest.mark.anyio
 
@@ -23,8 +23,9 @@ async def test_a_resubmit_that_fails_does_not_carry_the_previous_jobs_id(tmp_pat
     processing = {**PROCESSING, "eta": 0}
     server_error = answer({"status": "error", "message": "Server Error"}, status=500)
     async with (
-        scripted(submit=[answer(processing), server_error], fetch=[answer(TRANSIENT_FAILURE)])
-        as server,
+        scripted(
+            submit=[answer(processing), server_error], fetch=[answer(TRANSIENT_FAILURE)]
+        ) as server,
         Client("k", base_url=server.base_url) as client,
     ):
         manifest = tmp_path / "run.jsonl"
@@ -35,3 +36,70 @@ async def test_a_resubmit_that_fails_does_not_carry_the_previous_jobs_id(tmp_pat
     assert result.job_id is None
     last = json.loads(manifest.read_text().splitlines()[-1])
     assert (last["state"], last["job_id"]) == ("failed", None)
+
+
+def _crashed_mid_submit(manifest: Path, prompt: str) -> None:
+    """The manifest a run leaves when it dies while item 0's submit is on the wire."""
+    from modelslab_async._convert import fingerprint
+
+    record = {
+        "index": 0,
+        "state": "submitted",
+        "fingerprint": fingerprint(Text2ImgRequest(prompt=prompt)),
+        "job_id": None,
+        "files": [],
+        "error": None,
+        "time": 1764000000.0,
+        "attempt": 0,
+        "track_id": "mla-crashed-0",
+    }
+    manifest.write_text(json.dumps(record) + "\n")
+
+
+async def test_a_submit_cut_off_by_a_crash_is_not_paid_for_twice(tmp_path: Path) -> None:
+    # Found by the CLI soak: a SIGKILL while submits were on the wire lost their job ids,
+    # and the rerun submitted those items again (duplicate charges). Each submit is now
+    # recorded ahead; a rerun reports such an item as ambiguous instead of resubmitting.
+    manifest = tmp_path / "run.jsonl"
+    _crashed_mid_submit(manifest, "a red fox")
+    async with scripted() as server, Client("k", base_url=server.base_url) as client:
+        results = [r async for r in client.generate_many(["a red fox"], manifest=manifest)]
+    assert server.count("text2img") == 0
+    [result] = results
+    assert isinstance(result.error, AmbiguousSubmitError)
+    assert "mla-crashed-0" in str(result.error)
+    last = json.loads(manifest.read_text().splitlines()[-1])
+    assert (last["state"], last["error"]["type"]) == ("failed", "AmbiguousSubmitError")
+
+
+@pytest.mark.parametrize("how", ["retry_failed", "retry_ambiguous_submits"])
+async def test_a_submit_cut_off_by_a_crash_is_resubmitted_when_asked(
+    tmp_path: Path, how: str
+) -> None:
+    manifest = tmp_path / "run.jsonl"
+    _crashed_mid_submit(manifest, "a red fox")
+    async with (
+        scripted() as server,
+        Client(
+            "k", base_url=server.base_url, **{how: True} if how != "retry_failed" else {}
+        ) as client,
+    ):
+        batch = client.generate_many(
+            ["a red fox"], manifest=manifest, retry_failed=how == "retry_failed"
+        )
+        results = [r async for r in batch]
+    assert server.count("text2img") == 1
+    assert results[0].job_id == SUCCESS["id"]  # (its image link is not served here)
+
+
+async def test_each_submit_is_recorded_ahead_then_with_its_job_id(tmp_path: Path) -> None:
+    manifest = tmp_path / "run.jsonl"
+    async with scripted() as server, Client("k", base_url=server.base_url) as client:
+        results = [r async for r in client.generate_many(["a red fox"], manifest=manifest)]
+    assert results[0].job_id == SUCCESS["id"]
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert [(r["state"], r["job_id"]) for r in records[:2]] == [
+        ("submitted", None),
+        ("submitted", SUCCESS["id"]),
+    ]
+    assert records[0]["track_id"] == records[1]["track_id"]
