@@ -13,8 +13,9 @@ items only with ``retry_failed=True`` (by job id when the job itself may have
 succeeded). A ``submitted`` record without a job id is written right before each submit
 goes on the wire; an item left in that state by a crash may have a job nobody knows the
 id of, so a rerun fails it with ``AmbiguousSubmitError`` instead of paying twice (unless
-``retry_failed`` or the client's ``retry_ambiguous_submits``). A job that fails with the API's transient answer ("Failed, Try Again") is
-resubmitted up to ``max_resubmits`` times, each attempt recorded with its own track id.
+``retry_failed`` or the client's ``retry_ambiguous_submits``). A job that fails with the
+API's transient answer ("Failed, Try Again") is resubmitted up to ``max_resubmits`` times,
+each attempt recorded with its own track id.
 """
 
 from __future__ import annotations
