@@ -497,6 +497,8 @@ def coerce_request(
     request: Text2ImgRequest | Mapping[str, Any] | str | None, fields: Mapping[str, Any]
 ) -> Text2ImgRequest:
     """A :class:`Text2ImgRequest` from a request, a mapping, a prompt string, or fields."""
+    if not isinstance(request, Mapping):
+        _check_field_names(fields)
     if isinstance(request, Text2ImgRequest):
         return request.replace(**fields) if fields else request
     if isinstance(request, str):
@@ -510,6 +512,24 @@ def coerce_request(
     raise RequestValidationError(
         "request", type(request).__name__, "a Text2ImgRequest, a mapping of fields or a prompt"
     )
+
+
+def _check_field_names(fields: Mapping[str, Any]) -> None:
+    """Keyword fields must be request fields: ``key=...`` (the API body's name for the key)
+    or a misspelt field is a RequestValidationError, not a TypeError from the constructor.
+    Their values are not quoted: one may be a key under another name."""
+    known = {f.name for f in attrs.fields(Text2ImgRequest)}
+    for name in fields:
+        if name == "key":
+            raise RequestValidationError(
+                "key", "<redacted>", "no API key in a request (the client adds it)"
+            )
+        if name not in known:
+            raise RequestValidationError(
+                name,
+                "<unknown field>",
+                "a Text2ImgRequest field (undocumented API fields go in extra={...})",
+            )
 
 
 __all__ = ["Client", "ClientStats", "InFlightLimiter", "RateLimitError", "coerce_request"]

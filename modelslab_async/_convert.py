@@ -280,9 +280,10 @@ def request_from_wire(data: Mapping[str, Any]) -> Text2ImgRequest:
             "key", "<redacted>", "no API key in a request (the client adds it)"
         )
     kwargs: dict[str, Any] = {}
-    extra: dict[str, Any] = (
-        dict(data.get("extra") or {}) if isinstance(data.get("extra"), Mapping) else {}
-    )
+    given = data.get("extra")
+    if given is not None and not isinstance(given, Mapping):  # was dropped without a word
+        raise RequestValidationError("extra", given, "a JSON object of undocumented fields")
+    extra: dict[str, Any] = dict(given or {})
     types = {f.name: f.type for f in attrs.fields(Text2ImgRequest)}
     for name, value in data.items():
         if name == "extra":
