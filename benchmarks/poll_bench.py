@@ -11,9 +11,16 @@ ready time and the first time a ``success`` for it was served:
   emulator's schedule (last ready − first submit, given the client's submit times).
 
 Scenarios: the default PollPolicy with an accurate eta, an eta that underestimates by
-50 %, one that overestimates by 50 %; the frugal preset; the eager preset.
+50 %, one that overestimates by 50 %; the frugal preset; the eager preset. Then webhook
+mode (``client.webhooks()``: the emulator POSTs each job's webhook at its ready time, the
+client confirms with one fetch, the poller is only the safety net), with every webhook
+delivered and with 10 % of them dropped (those resolve through the poller after
+``eta + PollPolicy.webhook_grace``). Same workload, same seed, one table.
 
-    python benchmarks/poll_bench.py [--jobs 1000] [--quick]
+    python benchmarks/poll_bench.py [--jobs 1000] [--quick] [--webhook] [--only NAME ...]
+
+``--webhook`` runs only the default polling row and the webhook rows (written to
+``results/poll_bench_webhook.json``; a full run writes ``results/poll_bench.json``).
 """
 
 from __future__ import annotations
@@ -35,19 +42,25 @@ from _common import percentile, table, write_json
 from modelslab_async import Client, PollPolicy, Text2ImgRequest
 from modelslab_async.emulator import Emulator, EmulatorConfig
 
-SCENARIOS: list[tuple[str, str, PollPolicy]] = [
-    ("default", "accurate", PollPolicy()),
-    ("default", "under", PollPolicy()),
-    ("default", "over", PollPolicy()),
-    ("frugal", "accurate", PollPolicy.frugal()),
-    ("eager", "accurate", PollPolicy.eager()),
+#: (policy name, eta mode, policy, how results arrive: "poll", "webhook" or "webhook-drop10")
+SCENARIOS: list[tuple[str, str, PollPolicy, str]] = [
+    ("default", "accurate", PollPolicy(), "poll"),
+    ("default", "under", PollPolicy(), "poll"),
+    ("default", "over", PollPolicy(), "poll"),
+    ("frugal", "accurate", PollPolicy.frugal(), "poll"),
+    ("eager", "accurate", PollPolicy.eager(), "poll"),
+    ("default", "accurate", PollPolicy(), "webhook"),
+    ("default", "accurate", PollPolicy(), "webhook-drop10"),
 ]
+#: The emulator's webhook drop rate per mode.
+DROP_RATES = {"poll": 0.0, "webhook": 0.0, "webhook-drop10": 0.1}
 
 
 async def run_one(
     name: str,
     eta_mode: str,
     policy: PollPolicy,
+    mode: str = "poll",
     *,
     jobs: int,
     in_flight: int,
@@ -62,6 +75,7 @@ async def run_one(
         eta_mode=eta_mode,
         eta_error=0.5,
         draw_prompt=False,
+        webhook_drop_rate=DROP_RATES[mode],
     )
     requests = (
         Text2ImgRequest(prompt=f"benchmark prompt {i}", width=256, height=256, seed=i)
@@ -72,6 +86,9 @@ async def run_one(
             async with Client(
                 "bench-key", base_url=emu.base_url, max_in_flight=in_flight, poll=policy
             ) as client:
+                if mode != "poll":
+                    # A receiver served in the client's task group; every submit uses it.
+                    await client.webhooks("127.0.0.1", 0)
                 started = time.monotonic()
                 failed = 0
                 async for result in client.generate_many(
@@ -86,6 +103,7 @@ async def run_one(
         return {
             "policy": name,
             "eta": eta_mode,
+            "mode": mode,
             "jobs": jobs,
             "failed": failed,
             "lag_p50_ms": percentile(lags, 0.5) * 1000,
@@ -97,18 +115,22 @@ async def run_one(
             "makespan_ratio": wall / ideal if ideal else float("nan"),
             "gpu_bound_s": durations / workers,
             "duplicates": stats.duplicate_submissions(),
+            "webhooks_dropped": stats.faults_served["webhook.drop"],
         }
 
 
 async def main(args: argparse.Namespace) -> None:
     rows = []
-    for name, eta_mode, policy in SCENARIOS:
-        if args.only and name not in args.only:
+    for name, eta_mode, policy, mode in SCENARIOS:
+        if args.only and name not in args.only and mode not in args.only:
+            continue
+        if args.webhook and not (mode != "poll" or (name, eta_mode) == ("default", "accurate")):
             continue
         row = await run_one(
             name,
             eta_mode,
             policy,
+            mode,
             jobs=args.jobs,
             in_flight=args.in_flight,
             workers=args.workers,
@@ -117,7 +139,7 @@ async def main(args: argparse.Namespace) -> None:
         )
         rows.append(row)
         print(
-            f"{name:8} eta={eta_mode:8} p50={row['lag_p50_ms']:.0f}ms "
+            f"{name:8} eta={eta_mode:8} {mode:14} p50={row['lag_p50_ms']:.0f}ms "
             f"p99={row['lag_p99_ms']:.0f}ms fetch/job={row['fetch_per_job']:.2f} "
             f"makespan/schedule={row['makespan_ratio']:.3f}",
             flush=True,
@@ -125,6 +147,7 @@ async def main(args: argparse.Namespace) -> None:
     columns = [
         ("policy", "policy"),
         ("eta", "eta"),
+        ("mode", "results by"),
         ("lag_p50_ms", "lag p50 ms"),
         ("lag_p90_ms", "lag p90 ms"),
         ("lag_p99_ms", "lag p99 ms"),
@@ -135,6 +158,7 @@ async def main(args: argparse.Namespace) -> None:
         ("gpu_bound_s", "GPU-bound s"),
         ("failed", "failed"),
         ("duplicates", "dup submits"),
+        ("webhooks_dropped", "webhooks dropped"),
     ]
     print()
     print(
@@ -143,7 +167,7 @@ async def main(args: argparse.Namespace) -> None:
     )
     print(table(rows, columns))
     path = write_json(
-        "poll_bench",
+        "poll_bench_webhook" if args.webhook else "poll_bench",
         {
             "config": {
                 "jobs": args.jobs,
@@ -151,6 +175,7 @@ async def main(args: argparse.Namespace) -> None:
                 "workers": args.workers,
                 "duration": [args.min, args.max],
                 "seed": args.seed,
+                "webhook_grace": PollPolicy().webhook_grace,
             },
             "rows": rows,
         },
@@ -168,7 +193,16 @@ if __name__ == "__main__":
     parser.add_argument("--min", type=float, default=1.0)
     parser.add_argument("--max", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--only", nargs="*", help="policies to run (default, frugal, eager)")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        help="policies or modes to run (default, frugal, eager, poll, webhook, webhook-drop10)",
+    )
+    parser.add_argument(
+        "--webhook",
+        action="store_true",
+        help="only polling (default policy, accurate eta) next to the webhook rows",
+    )
     parser.add_argument("--quick", action="store_true", help="200 jobs")
     ns = parser.parse_args()
     if ns.quick:
