@@ -65,6 +65,7 @@ from ._errors import (
     RequestValidationError,
 )
 from ._manifest import ManifestRecord, error_record
+from ._redact import redact, register_secret
 from ._types import DOCUMENTED_FIELDS, SAFETY_CHECKER_TYPES, BatchResult, Job, Text2ImgRequest
 from ._version import __version__
 
@@ -1094,4 +1095,18 @@ def emulator(args: tuple[str, ...]) -> None:
 
 def main() -> None:
     """Entry point of the ``modelslab-async`` console script and ``python -m modelslab_async``."""
-    cli.main(prog_name="modelslab-async")
+    key = os.environ.get(C.ENV_API_KEY)
+    if key and key.strip():
+        # Masked from every message from here on: values given on the command line are
+        # checked, and may be quoted in an error, before any client holds the key.
+        register_secret(key)
+    try:
+        code = cli.main(prog_name="modelslab-async", standalone_mode=False)
+    except click.ClickException as exc:  # click quotes a bad value in its usage errors
+        exc.message = redact(exc.message)  # type: ignore[misc]  # Final only in the stubs
+        exc.show()
+        code = exc.exit_code
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        code = 1
+    raise SystemExit(code if isinstance(code, int) else 0)
