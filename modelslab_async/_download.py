@@ -141,7 +141,15 @@ class Downloader:
             except ModelsLabError as exc:
                 last = exc
         assert last is not None
-        raise last
+        if isinstance(last, DownloadError):
+            raise last
+        # Retries used up (cut-off bodies, resets, 5xx): the image could not be had.
+        raise DownloadError(
+            f"image {index}: {last}",
+            url=getattr(last, "url", None) or candidates[-1],
+            job_id=generation.id,
+            status_code=getattr(last, "status_code", None),
+        ) from last
 
     async def _from_url(
         self, generation: Generation, index: int, url: str, folder: Path | None

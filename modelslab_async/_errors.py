@@ -192,7 +192,7 @@ class ResponseFormatError(ModelsLabError):
 
 
 class DownloadError(ModelsLabError):
-    """An image could not be downloaded, verified or decoded."""
+    """An image could not be downloaded, verified or decoded (the message names the job)."""
 
     def __init__(
         self,
@@ -205,4 +205,5 @@ class DownloadError(ModelsLabError):
         self.url = redact(url)
         self.job_id = job_id
         self.status_code = status_code
-        super().__init__(message)
+        # Image links are named by a uuid, not the job id: say which job the image is of.
+        super().__init__(f"job {job_id}: {message}" if job_id not in (None, "") else message)

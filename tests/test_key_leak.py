@@ -209,11 +209,11 @@ ERRORS: list[Any] = [
         id="TransportError (reset on fetch)",
     ),
     pytest.param(
-        TransportError,
+        DownloadError,
         {"faults": _faults(download=EndpointFaults(truncated=1.0))},
         {},
         _text2img_to,
-        id="TransportError (truncated downloads)",
+        id="DownloadError (every download cut off)",
     ),
     pytest.param(
         ResponseFormatError,

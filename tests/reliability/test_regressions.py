@@ -5,9 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import anyio
 import pytest
 
-from modelslab_async import AmbiguousSubmitError, Client, ServerError, Text2ImgRequest
+from modelslab_async import (
+    AmbiguousSubmitError,
+    Client,
+    DownloadError,
+    DownloadPolicy,
+    Job,
+    RetryPolicy,
+    ServerError,
+    Text2ImgRequest,
+)
+from modelslab_async.emulator import Emulator, EmulatorConfig, EndpointFaults, Faults
 from tests._scripted_server import PROCESSING, SUCCESS, answer, scripted
 
 pytestmark = pytest.mark.anyio
@@ -103,3 +114,42 @@ async def test_each_submit_is_recorded_ahead_then_with_its_job_id(tmp_path: Path
         ("submitted", SUCCESS["id"]),
     ]
     assert records[0]["track_id"] == records[1]["track_id"]
+
+
+@pytest.mark.parametrize(
+    ("config", "policy"),
+    [
+        pytest.param(
+            EmulatorConfig(duration=0.01, faults=Faults(download=EndpointFaults(truncated=1.0))),
+            DownloadPolicy(),
+            id="every download cut off",
+        ),
+        pytest.param(
+            EmulatorConfig(duration=0.01, link_delay=30.0),
+            DownloadPolicy(not_ready_timeout=0.2, not_ready_initial=0.02, not_ready_max=0.05),
+            id="links never ready",
+        ),
+    ],
+)
+async def test_an_image_that_cannot_be_had_fails_as_a_download_error_naming_its_job(
+    tmp_path: Path, config: EmulatorConfig, policy: DownloadPolicy
+) -> None:
+    # The soak's rule: a failed item's error names its job id where one exists. A download
+    # that failed for good raised a TransportError without the job id (retries used up),
+    # or a DownloadError whose message named only the (uuid) link.
+    retry = RetryPolicy(initial=0.001, max_wait=0.002)
+    async with (
+        Emulator(config) as emu,
+        Client("k", base_url=emu.base_url, retry=retry, download=policy) as client,
+    ):
+        job = await client.submit(prompt="a red fox", width=64, height=64)
+        with pytest.raises(DownloadError) as info:
+            await client.text2img(prompt="a red fox", width=64, height=64, dest=tmp_path)
+        results = [r async for r in client.generate_many(["a grey wolf"], dest=tmp_path)]
+    assert isinstance(job, Job)
+    assert info.value.job_id is not None
+    assert f"job {info.value.job_id}" in str(info.value)
+    [result] = results
+    assert isinstance(result.error, DownloadError)
+    assert f"job {result.job_id}" in str(result.error)
+    assert [p async for p in anyio.Path(tmp_path).iterdir()] == []
