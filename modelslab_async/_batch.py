@@ -26,7 +26,6 @@ import time
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
-    Awaitable,
     Callable,
     Iterable,
     Mapping,
@@ -55,6 +54,7 @@ from ._errors import (
     TransportError,
 )
 from ._manifest import Manifest, ManifestRecord, error_from_record, error_record
+from ._transport import SubmitWatch
 from ._types import BatchResult, GeneratedImage, Generation, Job, Text2ImgRequest
 
 if TYPE_CHECKING:
@@ -268,6 +268,8 @@ class _Batch:
                         return await self._failed(
                             index, request, fp, _interrupted_submit(previous), None, attempt
                         )
+            elif (previous.error or {}).get("type") == NOT_SUBMITTED:
+                pass  # stopped before it was sent: submit it now, as if new
             elif not self.retry_failed:
                 self.queued -= 1
                 return BatchResult(
@@ -320,11 +322,13 @@ class _Batch:
                 else:
                     job_id = None  # a new job: an error of this submit is not the last job's
                     sent = self._prepare(request, fp, index, attempt)
-                    answer = await self.client._submit(
-                        sent,
-                        webhook=self.webhook,
-                        before_send=self._write_ahead(index, fp, attempt, sent.track_id),
-                    )
+                    ahead = self._write_ahead(index, fp, attempt, sent.track_id)
+                    try:
+                        answer = await self.client._submit(sent, webhook=self.webhook, watch=ahead)
+                    except BaseException as exc:
+                        if ahead is not None and not isinstance(exc, ModelsLabError):
+                            await ahead.stopped()  # cancelled: take back a surely-unsent record
+                        raise
                     self.submitted += 1
                     job_id = answer.id
                     await self._record(
@@ -370,16 +374,13 @@ class _Batch:
 
     def _write_ahead(
         self, index: int, fp: str, attempt: int, track_id: str | int | None
-    ) -> Callable[[], Awaitable[None]] | None:
+    ) -> _WriteAhead | None:
         """A ``submitted`` record without a job id, fsynced right before the submit goes on
         the wire: a rerun after a crash mid-submit knows the job may exist, and does not
         pay for it twice."""
         if self.manifest is None:
             return None
-        record = ManifestRecord(
-            index=index, state="submitted", fingerprint=fp, attempt=attempt, track_id=track_id
-        )
-        return lambda: self._record(record)
+        return _WriteAhead(self, index, fp, attempt, track_id)
 
     def _may_resubmit_ambiguous(self) -> bool:
         return self.client.transport.retry.retry_ambiguous_submits
@@ -452,6 +453,51 @@ def _unwrap(exc: Exception) -> Exception:
 def _unknown_job(error: BadRequestError) -> bool:
     """True for the fetch answer about a job id the server does not know."""
     return "not found" in (error.api_message or "").lower()
+
+
+class _WriteAhead(SubmitWatch):
+    """The write-ahead record of one submit, taken back when a stop (Ctrl-C, a batch
+    leaving early) comes while the last attempt surely created no job, e.g. during a
+    rate-limit pause: such an item is submitted again by a rerun, not failed as ambiguous."""
+
+    def __init__(
+        self, batch: _Batch, index: int, fp: str, attempt: int, track_id: str | int | None
+    ) -> None:
+        self._batch = batch
+        self._intent = ManifestRecord(
+            index=index, state="submitted", fingerprint=fp, attempt=attempt, track_id=track_id
+        )
+        self._written = False
+        self._last_refused = False
+
+    async def sending(self) -> None:
+        self._last_refused = False
+        if not self._written:
+            self._written = True
+            await self._batch._record(self._intent)
+
+    def refused(self) -> None:
+        self._last_refused = True
+
+    async def stopped(self) -> None:
+        if self._written and self._last_refused:
+            intent = self._intent
+            with anyio.CancelScope(shield=True):
+                await self._batch._record(
+                    ManifestRecord(
+                        index=intent.index,
+                        state="failed",
+                        fingerprint=intent.fingerprint,
+                        attempt=intent.attempt,
+                        track_id=intent.track_id,
+                        error={"type": NOT_SUBMITTED, "message": "stopped before it was sent"},
+                    )
+                )
+
+
+#: The error type of a ``failed`` record that takes back a write-ahead record: the run
+#: stopped while the submit was surely not on the wire, so a rerun submits it (no charge).
+NOT_SUBMITTED = "NotSubmitted"
 
 
 def _interrupted_submit(record: ManifestRecord) -> AmbiguousSubmitError:

@@ -11,7 +11,6 @@ from collections import OrderedDict
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
-    Awaitable,
     Callable,
     Iterable,
     Mapping,
@@ -36,7 +35,7 @@ from ._errors import (
 )
 from ._poller import Poller, PollerStats, PollPolicy, _Tracked
 from ._redact import mask
-from ._transport import RetryPolicy, Timeouts, Transport
+from ._transport import RetryPolicy, SubmitWatch, Timeouts, Transport
 from ._types import GeneratedImage, Generation, Job, Text2ImgRequest
 from ._webhook import WebhookReceiver
 
@@ -276,7 +275,7 @@ class Client:
         req: Text2ImgRequest,
         *,
         webhook: WebhookReceiver | None = None,
-        before_send: Callable[[], Awaitable[None]] | None = None,
+        watch: SubmitWatch | None = None,
     ) -> Job | Generation:
         self._check_open()
         receiver = webhook if webhook is not None else self._webhook
@@ -290,7 +289,7 @@ class Client:
         token = object()
         await self._limiter.acquire(token)
         try:
-            answer = await self._transport.submit(req, wire, before_send=before_send)
+            answer = await self._transport.submit(req, wire, watch=watch)
         except BaseException:
             self._limiter.release(token)
             if receiver is not None:

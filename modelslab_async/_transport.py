@@ -185,6 +185,23 @@ def retry_decision(op: Operation, outcome: _Outcome, policy: RetryPolicy) -> boo
     return False
 
 
+class SubmitWatch:
+    """Hooks around the attempts of one submit (the batch's write-ahead records)."""
+
+    async def sending(self) -> None:
+        """Called right before an attempt goes on the wire."""
+
+    def refused(self) -> None:
+        """Called after an attempt that surely created no job (not sent, 429, 503)."""
+
+
+def _surely_not_created(outcome: _Outcome) -> bool:
+    err = outcome.error
+    if not outcome.sent or isinstance(err, RateLimitError):
+        return True
+    return isinstance(err, ServerError) and err.status_code == 503
+
+
 class RateLimitGate:
     """A client-wide pause: a rate-limit answer holds back every submit until it expires."""
 
@@ -284,15 +301,16 @@ class Transport:
         request: Text2ImgRequest,
         wire: Mapping[str, Any],
         *,
-        before_send: Callable[[], Awaitable[None]] | None = None,
+        watch: SubmitWatch | None = None,
     ) -> Job | Generation:
         """POST text2img; retried only where the job surely was not created.
 
-        *before_send* is awaited once, right before the request first goes on the wire
-        (after any rate-limit pause): the batch records the submit ahead there.
+        *watch* is told before each attempt goes on the wire (after any rate-limit pause)
+        and after each attempt that surely created no job: the batch records the submit
+        ahead, and takes the record back when a stop finds the job surely not created.
         """
         url = self.base_url + C.SUBMIT_PATH
-        return await self._call("submit", url, wire, request=request, before_send=before_send)
+        return await self._call("submit", url, wire, request=request, watch=watch)
 
     async def fetch(
         self, job_id: JobId, request: Text2ImgRequest | None = None
@@ -309,17 +327,20 @@ class Transport:
         *,
         request: Text2ImgRequest | None = None,
         job_id: JobId | None = None,
-        before_send: Callable[[], Awaitable[None]] | None = None,
+        watch: SubmitWatch | None = None,
     ) -> Job | Generation:
         body = {"key": self._key, **fields}
 
         async def attempt() -> Job | Generation:
-            nonlocal before_send
-            if before_send is not None:
-                hook, before_send = before_send, None
-                await hook()
+            if watch is not None:
+                await watch.sending()
             self.counters[op] += 1
-            return await self._post_once(op, url, body, request=request, job_id=job_id)
+            try:
+                return await self._post_once(op, url, body, request=request, job_id=job_id)
+            except _AttemptFailed as failed:
+                if watch is not None and _surely_not_created(failed.outcome):
+                    watch.refused()
+                raise
 
         return await self.with_retries(op, attempt)
 

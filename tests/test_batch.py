@@ -943,3 +943,28 @@ async def test_a_batch_and_its_rerun_make_no_blocking_call_on_the_event_loop(
             second = await collect(c.generate_many(requests, dest=out, manifest=manifest))
     assert all(r.ok for r in first)
     assert all(r.from_manifest for r in second)
+
+
+async def test_a_stop_during_a_rate_limit_pause_takes_back_the_write_ahead_record(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C while a submit waits out a 429: nothing was created, so the rerun submits the
+    item (no AmbiguousSubmitError) and nothing is paid twice."""
+    manifest = tmp_path / "run.jsonl"
+    items = [small(f"paused {i}", seed=i) for i in range(3)]
+    async with emulator(max_queued_per_key=1, retry_after=5.0, duration=(0.3, 0.3)) as emu:
+        async with client(emu, max_in_flight=3) as c:
+            with anyio.move_on_after(1.0):  # stops while two submits wait out their 429
+                async with contextlib.aclosing(c.generate_many(items, manifest=manifest)) as run:
+                    async for _ in run:
+                        pass
+        records = read_manifest(manifest)
+        taken_back = [r for r in records if (r["error"] or {}).get("type") == "NotSubmitted"]
+        assert taken_back, records
+        assert all(r["state"] == "failed" and r["job_id"] is None for r in taken_back)
+        async with client(emu, max_in_flight=1) as c:
+            results = by_index(await collect(c.generate_many(items, manifest=manifest)))
+        assert sorted(results) == [0, 1, 2]
+        assert all(r.ok for r in results.values()), [r.error for r in results.values()]
+        assert emu.stats.duplicate_submissions() == 0
+        assert len(emu.stats.jobs) == 3
