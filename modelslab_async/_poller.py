@@ -348,8 +348,8 @@ class ScheduleModel:
         if known is None:
             lead = policy.lead if kind == SUBMIT else policy.lead / 2
             if kind == SUBMIT and eta > 10:  # blind and long: keep it cheap
-                gap = None if policy.max_gap is None else max(policy.max_gap, 0.1 * eta)
-                intervals = _prior_intervals(eta, lead, 0.25, 0.35)
+                gap = None if policy.max_gap is None else max(policy.max_gap, 0.05 * eta)
+                intervals = _prior_intervals(eta, lead)
                 cost = max(policy.fetch_cost, 0.5)
             else:  # short, or a job already late: catch it quickly
                 gap, cost = policy.max_gap, policy.fetch_cost
