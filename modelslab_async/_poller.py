@@ -122,6 +122,7 @@ class PollPolicy:
 # --- the learned schedule -------------------------------------------------------------------
 
 _BUCKET_EDGES = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
+_LONG = 10.0  # seconds of eta above which an unlearned schedule re-plans on fresh etas
 
 
 def _bucket(eta: float) -> int:
@@ -310,6 +311,11 @@ class ScheduleModel:
     def offsets(self, kind: int, eta: float) -> list[float]:
         """The check offsets for a job anchored with *eta* (learned, borrowed or prior)."""
         policy = self.policy
+        if eta > _LONG:
+            # A long wait: check at three fifths of the eta, then re-plan on the fresh eta
+            # that answer brings (the end of the schedule re-anchors the job), so the dense,
+            # learned checks are spent only on the last few seconds, where they pay.
+            return [-0.4 * eta]
         key = (kind, _bucket(eta))
         history = self._samples.get(key)
         if history is not None and len(history) >= policy.min_samples:

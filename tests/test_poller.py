@@ -150,16 +150,23 @@ def test_schedule_model_keeps_anchor_kinds_apart_and_lets_sparse_buckets_borrow(
     policy = PollPolicy(min_samples=4)
     model = ScheduleModel(policy)
     prior_refresh = model.offsets(FIRST_REFRESH, 2.0)
-    prior_long = model.offsets(SUBMIT, 30.0)
+    prior_other = model.offsets(SUBMIT, 8.0)
     for _ in range(4):
         model.observe(SUBMIT, 2.0, 3.0, 3.1)
     assert model.offsets(SUBMIT, 2.0) != model.offsets(FIRST_REFRESH, 2.0)
     assert model.offsets(FIRST_REFRESH, 2.0) == prior_refresh
     # An empty submit bucket borrows the others' samples, stretched by sqrt(eta ratio).
-    borrowed = model.offsets(SUBMIT, 30.0)
-    assert borrowed != prior_long
-    stretch = math.sqrt(31.0 / 3.0)
+    borrowed = model.offsets(SUBMIT, 8.0)
+    assert borrowed != prior_other
+    stretch = math.sqrt(9.0 / 3.0)
     assert borrowed[-1] == pytest.approx(3.1 * stretch, abs=0.1)
+
+
+def test_a_long_eta_is_checked_at_three_fifths_and_re_planned() -> None:
+    model = ScheduleModel(PollPolicy(min_samples=1))
+    model.observe(SUBMIT, 60.0, -1.0, -0.5)
+    assert model.offsets(SUBMIT, 60.0) == [pytest.approx(-24.0)]
+    assert model.offsets(FIRST_REFRESH, 30.0) == [pytest.approx(-12.0)]
 
 
 def test_schedule_model_without_learning_and_with_bad_samples_stays_on_the_prior() -> None:
