@@ -269,8 +269,8 @@ class ScheduleModel:
     are conditioned on the job not being ready at that fetch, so they are learned apart
     from offsets from the submit answer. A bucket with too few samples borrows those of
     the other buckets of its kind, stretched by the square root of the eta ratio; with
-    none at all, a flat prior is used with a sparser schedule (the lag targets are for
-    the learned schedule; a blind one is kept cheap).
+    none at all, a flat prior around the eta is used. An eta over 10 s is checked at three
+    fifths of it and re-planned on the fresh eta.
     """
 
     def __init__(self, policy: PollPolicy) -> None:
@@ -329,22 +329,24 @@ class ScheduleModel:
                 cached = (added, offsets)
                 self._cache[key] = cached
             return cached[1]
-        borrowed = [
-            (lo * f, hi * f)
-            for (k, _), other in self._samples.items()
-            if k == kind
-            for lo, hi, seen in other
-            for f in (_scale(seen, eta),)
-        ]
-        if kind == SUBMIT and len(borrowed) >= policy.min_samples:
+        pooled = sum(len(h) for (k, _), h in self._samples.items() if k == kind)
+        if kind == SUBMIT and pooled >= policy.min_samples:
             # Re-planned as the kind's history grows (cheaply: every 8 new samples).
             stamp = self._kind_added.get(kind, 0) // 8
             cache_key = (kind, 10_000 + round(eta * 4))
             cached = self._cache.get(cache_key)
             if cached is None or cached[0] != stamp:
-                sample = borrowed[-policy.history :]
+                borrowed = [
+                    (lo * f, hi * f)
+                    for (k, _), other in self._samples.items()
+                    if k == kind
+                    for lo, hi, seen in other
+                    for f in (_scale(seen, eta),)
+                ]
                 offsets = optimal_offsets(
-                    sample, fetch_cost=policy.fetch_cost, max_gap=policy.max_gap
+                    borrowed[-policy.history :],
+                    fetch_cost=policy.fetch_cost,
+                    max_gap=policy.max_gap,
                 )
                 cached = (stamp, offsets)
                 self._cache[cache_key] = cached
@@ -353,14 +355,11 @@ class ScheduleModel:
         known = self._prior.get(prior_key)
         if known is None:
             lead = policy.lead if kind == SUBMIT else policy.lead / 2
-            if kind == SUBMIT and eta > 10:  # blind and long: keep it cheap
-                gap = None if policy.max_gap is None else max(policy.max_gap, 0.05 * eta)
-                intervals = _prior_intervals(eta, lead)
-                cost = max(policy.fetch_cost, 0.5)
-            else:  # short, or a job already late: catch it quickly
-                gap, cost = policy.max_gap, policy.fetch_cost
-                intervals = _prior_intervals(eta, lead)
-            known = optimal_offsets(intervals, fetch_cost=cost, max_gap=gap)
+            known = optimal_offsets(
+                _prior_intervals(eta, lead),
+                fetch_cost=policy.fetch_cost,
+                max_gap=policy.max_gap,
+            )
             self._prior[prior_key] = known
         return known
 
@@ -587,12 +586,8 @@ class Poller:
             self._arm(entry, now + gap + jitter)
             return
         entry.next_index = len(offsets)
-        wait = min(
-            self.policy.max_backoff,
-            self.policy.initial_backoff * self.policy.backoff_factor**entry.backoffs,
-        )
+        self._arm_backoff(entry, now)
         entry.backoffs += 1
-        self._arm(entry, now + wait * (1 + random.uniform(0, self.policy.jitter)))
 
     @contextlib.contextmanager
     def _slot(self, token: object) -> Iterator[None]:
@@ -626,7 +621,7 @@ class Poller:
                         self._resolve(entry, error=exc)
                     elif not entry.resolved:
                         entry.backoffs += 1
-                        self._arm_backoff(entry)
+                        self._arm_backoff(entry, self._clock())
                     return
                 finally:
                     self._fetching -= 1
@@ -648,8 +643,8 @@ class Poller:
         finally:
             entry.in_fetch = False
 
-    def _arm_backoff(self, entry: _Tracked) -> None:
-        now = self._clock()
+    def _arm_backoff(self, entry: _Tracked, now: float) -> None:
+        """Arm the check after backoff step ``entry.backoffs``, with jitter."""
         wait = min(
             self.policy.max_backoff,
             self.policy.initial_backoff * self.policy.backoff_factor ** min(entry.backoffs, 30),
