@@ -38,7 +38,8 @@ import anyio.abc
 import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ._convert import fingerprint
+from ._aio import acquire
+from ._convert import request_to_wire, wire_fingerprint
 from ._download import remove_stale_parts, verify_image_file
 from ._errors import (
     AmbiguousSubmitError,
@@ -55,7 +56,14 @@ from ._errors import (
 )
 from ._manifest import Manifest, ManifestRecord, error_from_record, error_record
 from ._transport import SubmitWatch
-from ._types import BatchResult, GeneratedImage, Generation, Job, Text2ImgRequest
+from ._types import (
+    BatchResult,
+    GeneratedImage,
+    Generation,
+    Job,
+    Text2ImgRequest,
+    trusted_replace,
+)
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -241,7 +249,8 @@ class _Batch:
                 ManifestRecord(index=index, state="failed", fingerprint="", error=error_record(exc))
             )
             return BatchResult(index=index, request=None, error=exc)
-        fp = fingerprint(request)
+        wire = request_to_wire(request)
+        fp = wire_fingerprint(wire)
         previous = None
         if self.manifest is not None:
             previous = self.manifest.previous.pop(index, None)
@@ -289,7 +298,9 @@ class _Batch:
         # A done job is paid for: if the server forgot it, do not pay again unasked.
         resubmit_unknown = previous is None or previous.state != "done"
         try:
-            return await self._attempts(index, request, fp, attempt, resume_id, resubmit_unknown)
+            return await self._attempts(
+                index, request, wire, fp, attempt, resume_id, resubmit_unknown
+            )
         finally:
             self.processing -= 1
 
@@ -297,6 +308,7 @@ class _Batch:
         self,
         index: int,
         request: Text2ImgRequest,
+        wire: dict[str, Any],
         fp: str,
         attempt: int,
         resume_id: JobId | None,
@@ -321,10 +333,12 @@ class _Batch:
                     resume_id = None
                 else:
                     job_id = None  # a new job: an error of this submit is not the last job's
-                    sent = self._prepare(request, fp, index, attempt)
+                    sent, sent_wire = self._prepare(request, wire, fp, index, attempt)
                     ahead = self._write_ahead(index, fp, attempt, sent.track_id)
                     try:
-                        answer = await self.client._submit(sent, webhook=self.webhook, watch=ahead)
+                        answer = await self.client._submit(
+                            sent, webhook=self.webhook, watch=ahead, wire=sent_wire
+                        )
                     except BaseException as exc:
                         if ahead is not None and not isinstance(exc, ModelsLabError):
                             await ahead.stopped()  # cancelled: take back a surely-unsent record
@@ -344,7 +358,7 @@ class _Batch:
                     self._changed()
                 generation = await self.client.wait(answer)
                 if generation.id is None and job_id is not None:
-                    generation = attrs.evolve(generation, id=job_id)
+                    generation = trusted_replace(generation, id=job_id)
                 images = await self.client.download(generation, self.dest)
             except GenerationFailed as exc:
                 if exc.transient and attempt < self.max_resubmits:
@@ -367,7 +381,7 @@ class _Batch:
             return BatchResult(
                 index=index,
                 request=request,
-                generation=attrs.evolve(generation, images=tuple(images)),
+                generation=trusted_replace(generation, images=tuple(images)),
                 files=files,
                 job_id=generation.id,
             )
@@ -386,12 +400,14 @@ class _Batch:
         return self.client.transport.retry.retry_ambiguous_submits
 
     def _prepare(
-        self, request: Text2ImgRequest, fp: str, index: int, attempt: int
-    ) -> Text2ImgRequest:
-        changes: dict[str, Any] = {}
-        if request.track_id is None:
-            changes["track_id"] = f"mla-{fp[:20]}-{index}" + (f"-r{attempt}" if attempt else "")
-        return request.replace(**changes) if changes else request
+        self, request: Text2ImgRequest, wire: dict[str, Any], fp: str, index: int, attempt: int
+    ) -> tuple[Text2ImgRequest, dict[str, Any]]:
+        """The request as sent and its body: with a track id derived from the fingerprint,
+        the index and the attempt, unless the user set one."""
+        if request.track_id is not None:
+            return request, wire
+        track_id = f"mla-{fp[:20]}-{index}" + (f"-r{attempt}" if attempt else "")
+        return trusted_replace(request, track_id=track_id), {**wire, "track_id": track_id}
 
     async def _failed(
         self,
@@ -527,7 +543,7 @@ async def _lazy(
         is_async = False
     while True:
         token = object()
-        await slots.acquire_on_behalf_of(token)
+        await acquire(slots, token)
         try:
             if is_async:
                 item = await iterator.__anext__()

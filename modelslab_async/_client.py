@@ -23,6 +23,7 @@ import anyio.abc
 import attrs
 
 from . import _constants as C
+from ._aio import acquire
 from ._convert import request_from_wire, request_to_wire
 from ._download import Downloader, DownloadPolicy
 from ._errors import (
@@ -36,7 +37,7 @@ from ._errors import (
 from ._poller import Poller, PollerStats, PollPolicy, _Tracked
 from ._redact import mask
 from ._transport import RetryPolicy, SubmitWatch, Timeouts, Transport
-from ._types import GeneratedImage, Generation, Job, Text2ImgRequest
+from ._types import GeneratedImage, Generation, Job, Text2ImgRequest, trusted_replace
 from ._webhook import WebhookReceiver
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class InFlightLimiter:
         return self._limiter.statistics().tasks_waiting
 
     async def acquire(self, token: object) -> None:
-        await self._limiter.acquire_on_behalf_of(token)
+        await acquire(self._limiter, token)
 
     def release(self, token: object) -> None:
         with contextlib.suppress(RuntimeError):  # already released
@@ -276,16 +277,20 @@ class Client:
         *,
         webhook: WebhookReceiver | None = None,
         watch: SubmitWatch | None = None,
+        wire: dict[str, Any] | None = None,
     ) -> Job | Generation:
+        """*wire*, when given, is ``request_to_wire(req)`` already made by the caller."""
         self._check_open()
+        if wire is None:
+            wire = request_to_wire(req)
         receiver = webhook if webhook is not None else self._webhook
         if receiver is not None and req.webhook is None:
             track_id = req.track_id if req.track_id is not None else f"mla-{uuid.uuid4().hex}"
-            req = req.replace(webhook=receiver.url, track_id=track_id)
+            req = trusted_replace(req, webhook=receiver.url, track_id=track_id)
+            wire = {**wire, "webhook": receiver.url, "track_id": track_id}
             receiver.pending(track_id)
         else:
             receiver = None
-        wire = request_to_wire(req)
         token = object()
         await self._limiter.acquire(token)
         try:

@@ -33,7 +33,7 @@ from ._errors import (
     ServerError,
 )
 from ._redact import excerpt
-from ._types import DOCUMENTED_FIELDS, Generation, Job, Meta, Text2ImgRequest
+from ._types import DOCUMENTED_FIELDS, Generation, Job, Meta, Text2ImgRequest, trusted_replace
 
 converter = cattrs.Converter()
 
@@ -192,7 +192,7 @@ def _structure_meta(value: Any, _: Any = None) -> Meta:
             except (ValueError, TypeError, cattrs.BaseValidationError):
                 extra[name] = known.pop(name)
         meta = _structure_meta_known(known, Meta)
-    return attrs.evolve(meta, extra=extra)
+    return trusted_replace(meta, extra=extra) if extra else meta
 
 
 converter.register_structure_hook(Meta, _structure_meta)
@@ -320,7 +320,12 @@ def _coerce_field(name: str, value: Any, type_: Any) -> Any:
 
 def fingerprint(request: Text2ImgRequest) -> str:
     """sha256 (hex) of the canonical wire body: the identity of a request in a manifest."""
-    canonical = json.dumps(request_to_wire(request), sort_keys=True, separators=(",", ":"))
+    return wire_fingerprint(request_to_wire(request))
+
+
+def wire_fingerprint(wire: Mapping[str, Any]) -> str:
+    """:func:`fingerprint` of a body :func:`request_to_wire` made."""
+    canonical = json.dumps(wire, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -486,8 +491,8 @@ def structure_answer(
         if status == "success":
             gen = converter.structure(data, Generation)
             if gen.id is None and job_id is not None:
-                gen = attrs.evolve(gen, id=job_id)
-            return attrs.evolve(gen, request=request)
+                return trusted_replace(gen, id=job_id, request=request)
+            return trusted_replace(gen, request=request) if request is not None else gen
         if status == "processing":
             found = _to_job_id_safe(data.get("id"))
             if found is None:
@@ -503,8 +508,13 @@ def structure_answer(
                     path="$.id",
                 )
             job = converter.structure(data, Job)
-            job = attrs.evolve(job, id=found, message=api_message(data))
-            return attrs.evolve(job, request=request, submitted_at=time.time())
+            return trusted_replace(
+                job,
+                id=found,
+                message=api_message(data),
+                request=request,
+                submitted_at=time.time(),
+            )
     except cattrs.BaseValidationError as exc:
         where = _wire_path("; ".join(cattrs.transform_error(exc, path="$")))
         raise ResponseFormatError(

@@ -36,6 +36,7 @@ from typing import Any
 import anyio
 import attrs
 
+from ._aio import acquire
 from ._errors import (
     APIError,
     AuthenticationError,
@@ -552,7 +553,7 @@ class Poller:
                         # A fetch slot first: at most fetch_concurrency check tasks exist,
                         # however many jobs are due at once.
                         token = object()
-                        await self._limiter.acquire_on_behalf_of(token)
+                        await acquire(self._limiter, token)
                         tg.start_soon(self._check, entry, token)
                     self._wakeup = anyio.Event()
                     delay = self._heap[0][0] - self._clock() if self._heap else math.inf

@@ -403,7 +403,7 @@ class Transport:
             # A submit is not abandoned half-way on cancellation (Ctrl-C, a batch stopping):
             # the job may already exist, and only its answer (the id, recorded in a manifest)
             # lets a rerun resume it instead of paying for it twice. Bounded by the timeouts.
-            with anyio.CancelScope(shield=op == "submit"):
+            with anyio.CancelScope(shield=True) if op == "submit" else _UNSHIELDED:
                 async with session.post(url, json=body) as resp:
                     raw = await resp.read()
                     status = resp.status
@@ -457,6 +457,9 @@ class Transport:
             # A success/processing body with an error status: trust the body, log the oddity.
             log.debug("%s: HTTP %d with a %s body", op, status, type(result).__name__)
         return result
+
+
+_UNSHIELDED = contextlib.nullcontext()
 
 
 class _AttemptFailed(Exception):

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
 import attrs
@@ -199,6 +199,21 @@ def _check_extra(inst: Any, attr: attrs.Attribute[Any], value: Mapping[str, Any]
 
 
 # --- the request -------------------------------------------------------------------------
+
+
+_A = TypeVar("_A")
+
+
+def trusted_replace(instance: _A, **changes: Any) -> _A:
+    """A copy of a frozen attrs *instance* with *changes* set as given: no validators, no
+    converters. Only for values the SDK made itself and knows valid (a track id it derived,
+    a job id from the answer it parsed); everything from users goes through the class."""
+    cls = type(instance)
+    new = object.__new__(cls)
+    for field in cls.__attrs_attrs__:  # type: ignore[attr-defined]
+        name = field.name
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(instance, name))
+    return new
 
 
 @attrs.frozen(kw_only=True)

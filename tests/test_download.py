@@ -1,7 +1,8 @@
 """Downloads against the emulator over 127.0.0.1: late links, faults, base64, atomic files.
 
 Every test runs under the blockbuster fixture: a blocking call on the event loop (file I/O
-outside a worker thread, ``time.sleep``) fails it. Each file the SDK leaves in a
+outside a worker thread, ``time.sleep``) fails it, except the inline write of a small image
+(``DownloadPolicy.inline_write_max``), which is by design. Each file the SDK leaves in a
 destination folder is checked as a whole PNG (Pillow decodes it), and no ``.part`` or
 hidden file may stay behind.
 """
@@ -95,6 +96,38 @@ def assert_clean_folder(folder: Path, expected: set[str]) -> None:
     assert found == expected
     for name in found:
         assert is_whole_png((folder / name).read_bytes()), name
+
+
+# --- where files are written -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("inline_write_max", "inline"),
+    [(DownloadPolicy().inline_write_max, True), (0, False), (100, False)],
+    ids=["default-small-image-inline", "zero-always-thread", "image-over-cap-thread"],
+)
+async def test_small_images_are_written_on_the_loop_large_ones_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inline_write_max: int, inline: bool
+) -> None:
+    import threading
+
+    from modelslab_async import _download
+
+    threads: list[int] = []
+    original = _download._write_atomic
+
+    def recording(*args: Any) -> Path:
+        threads.append(threading.get_ident())
+        return original(*args)
+
+    monkeypatch.setattr(_download, "_write_atomic", recording)
+    policy = attrs.evolve(FAST_NOT_READY, inline_write_max=inline_write_max)
+    async with emulated(download=policy) as (_, client):
+        gens = await text2img_many(client, 3, tmp_path)
+    assert len(threads) == 3
+    loop_thread = threading.get_ident()
+    assert all((t == loop_thread) is inline for t in threads), threads
+    assert_clean_folder(tmp_path, {f"{g.id}-0.png" for g in gens})
 
 
 # --- links that are not there yet -------------------------------------------------------------
