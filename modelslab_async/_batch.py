@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ._aio import acquire
 from ._convert import request_to_wire, wire_fingerprint
 from ._download import remove_stale_parts, verify_image_file
 from ._errors import (
@@ -133,6 +133,7 @@ class _Batch:
         self.manifest_path = manifest
         self.manifest: Manifest | None = None
         self.limit = limit
+        self._workers = 0
         self.on_progress = on_progress
         self.retry_failed = retry_failed
         self.max_resubmits = max_resubmits
@@ -196,43 +197,56 @@ class _Batch:
         try:
             if self.dest is not None:
                 await anyio.to_thread.run_sync(remove_stale_parts, self.dest)
-            slots = anyio.CapacityLimiter(self.limit)
+            items = _Items(self.requests)
             async with anyio.create_task_group() as tg:
-                index = 0
-                async for raw in _lazy(self.requests, slots):
-                    token, item = raw
-                    self.queued += 1
-                    self._changed()
-                    tg.start_soon(self._item, index, item, token, slots, send.clone())
-                    index += 1
-                self.input_exhausted = True
-                self._changed()
+                self._spawn_worker(tg, items, send)
         finally:
             if self.manifest is not None:
                 await self.manifest.close()
 
-    async def _item(
+    def _spawn_worker(
+        self, tg: anyio.abc.TaskGroup, items: _Items, send: MemoryObjectSendStream[BatchResult]
+    ) -> None:
+        self._workers += 1
+        tg.start_soon(self._worker, tg, items, send.clone())
+
+    async def _worker(
         self,
-        index: int,
-        raw: RequestLike,
-        token: object,
-        slots: anyio.CapacityLimiter,
+        tg: anyio.abc.TaskGroup,
+        items: _Items,
         send: MemoryObjectSendStream[BatchResult],
     ) -> None:
+        """One in-flight slot: takes an item, runs it, hands its result to the consumer
+        (waiting until it is taken), then takes the next. A worker that got an item starts
+        the next worker, up to the limit, so input is read only as slots free up."""
         async with send:
             try:
-                result = await self._process(index, raw)
-                if result.ok:
-                    self.done += 1
-                    self.images += len(result.files) or (
-                        len(result.generation.images) if result.generation else 0
-                    )
-                else:
-                    self.failed += 1
-                self._changed()
-                await send.send(result)
+                while True:
+                    got = await items.take()
+                    if got is None:
+                        if not self.input_exhausted:
+                            self.input_exhausted = True
+                            self._changed()
+                        return
+                    if self._workers < self.limit:
+                        self._spawn_worker(tg, items, send)
+                    index, raw = got
+                    self.queued += 1
+                    self._changed()
+                    result = await self._process(index, raw)
+                    if result.ok:
+                        self.done += 1
+                        self.images += len(result.files) or (
+                            len(result.generation.images) if result.generation else 0
+                        )
+                    else:
+                        self.failed += 1
+                    self._changed()
+                    await send.send(result)
+                    # Let the consumer run first: it has the result before the next read.
+                    await anyio.lowlevel.checkpoint()
             finally:
-                slots.release_on_behalf_of(token)
+                self._workers -= 1
 
     async def _record(self, record: ManifestRecord) -> None:
         if self.manifest is not None:
@@ -531,31 +545,34 @@ def _resumable(record: ManifestRecord) -> bool:
     return kind in {cls.__name__ for cls in _RESUMABLE}
 
 
-async def _lazy(
-    requests: Iterable[RequestLike] | AsyncIterable[RequestLike], slots: anyio.CapacityLimiter
-) -> AsyncIterator[tuple[object, RequestLike]]:
-    """Yield (slot token, item), taking the next item only after a slot was acquired."""
-    if isinstance(requests, AsyncIterable):
-        iterator: Any = requests.__aiter__()
-        is_async = True
-    else:
-        iterator = iter(requests)
-        is_async = False
-    while True:
-        token = object()
-        await acquire(slots, token)
+class _Items:
+    """The input, read lazily by the workers: ``(index, item)`` pairs, None at the end."""
+
+    def __init__(self, requests: Iterable[RequestLike] | AsyncIterable[RequestLike]) -> None:
+        self._iterator: Any
+        if isinstance(requests, AsyncIterable):
+            self._iterator, self._async = requests.__aiter__(), True
+        else:
+            self._iterator, self._async = iter(requests), False
+        self._lock = anyio.Lock()  # one __anext__ at a time (async generators need it)
+        self._index = 0
+        self._ended = False
+
+    async def take(self) -> tuple[int, RequestLike] | None:
+        if self._ended:
+            return None
         try:
-            if is_async:
-                item = await iterator.__anext__()
+            if self._async:
+                async with self._lock:  # (after the end, __anext__ raises again)
+                    item = await self._iterator.__anext__()
             else:
-                item = next(iterator)
+                item = next(self._iterator)
         except (StopIteration, StopAsyncIteration):
-            slots.release_on_behalf_of(token)
-            return
-        except BaseException:
-            slots.release_on_behalf_of(token)
-            raise
-        yield token, item
+            self._ended = True
+            return None
+        index = self._index
+        self._index += 1
+        return index, item
 
 
 async def run_batch(

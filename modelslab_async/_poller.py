@@ -15,14 +15,14 @@ used. A ``processing`` answer with a new eta re-anchors the job when it moves th
 ready time past the schedule. Once the schedule is used up, checks back off from
 ``initial_backoff`` by ``backoff_factor`` to ``max_backoff``, with jitter.
 
-Due jobs are fetched concurrently (``fetch_concurrency``) in the poller's task group;
-there is no task per waiting job and no busy loop.
+Due jobs are fetched concurrently by at most ``fetch_concurrency`` worker tasks in the
+poller's task group, each taking due jobs until none is left; there is no task per waiting
+job and no busy loop.
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
 import heapq
 import itertools
 import logging
@@ -30,13 +30,12 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
 import attrs
 
-from ._aio import acquire
 from ._errors import (
     APIError,
     AuthenticationError,
@@ -428,7 +427,8 @@ class Poller:
         self._seq = itertools.count()
         self._tracked: dict[JobId, _Tracked] = {}
         self._wakeup = anyio.Event()
-        self._limiter = anyio.CapacityLimiter(max(1, self.policy.fetch_concurrency))
+        self._due: deque[_Tracked] = deque()
+        self._workers = 0
         self._fetching = 0
         self._fetches = 0
         self._resolved = 0
@@ -550,11 +550,12 @@ class Poller:
                             self._resolve(entry, error=GenerationTimeout(entry.job_id, waited))
                             continue
                         entry.in_fetch = True
-                        # A fetch slot first: at most fetch_concurrency check tasks exist,
-                        # however many jobs are due at once.
-                        token = object()
-                        await acquire(self._limiter, token)
-                        tg.start_soon(self._check, entry, token)
+                        self._due.append(entry)
+                        # At most fetch_concurrency workers; each takes due jobs until none
+                        # is left, so a busy poller starts few tasks.
+                        if self._workers < self.policy.fetch_concurrency:
+                            self._workers += 1
+                            tg.start_soon(self._worker)
                     self._wakeup = anyio.Event()
                     delay = self._heap[0][0] - self._clock() if self._heap else math.inf
                     if delay > 0:
@@ -590,57 +591,56 @@ class Poller:
         self._arm_backoff(entry, now)
         entry.backoffs += 1
 
-    @contextlib.contextmanager
-    def _slot(self, token: object) -> Iterator[None]:
-        """Hold the fetch slot :meth:`run` took for one check; release it on exit."""
+    async def _worker(self) -> None:
+        """Check due jobs, oldest first, until none is left."""
         try:
-            yield
+            while self._due:
+                await self._check(self._due.popleft())
         finally:
-            self._limiter.release_on_behalf_of(token)
+            self._workers -= 1
 
-    async def _check(self, entry: _Tracked, token: object) -> None:
+    async def _check(self, entry: _Tracked) -> None:
         try:
-            with self._slot(token):
-                if entry.resolved:
-                    return
-                self._fetching += 1
-                sent = self._clock()
-                try:
-                    entry.fetches += 1
-                    self._fetches += 1
-                    answer = await self._fetch(entry.job_id, entry.job)
-                except GenerationFailed as exc:
+            if entry.resolved or self._tracked.get(entry.job_id) is not entry:
+                return  # resolved or dropped while it waited for a worker
+            self._fetching += 1
+            sent = self._clock()
+            try:
+                entry.fetches += 1
+                self._fetches += 1
+                answer = await self._fetch(entry.job_id, entry.job)
+            except GenerationFailed as exc:
+                self._resolve(entry, error=exc)
+                return
+            except (AuthenticationError, BadRequestError) as exc:
+                self._resolve(entry, error=exc)
+                return
+            except (APIError, ModelsLabError) as exc:
+                entry.errors += 1
+                log.debug("fetch %s failed (%d): %s", entry.job_id, entry.errors, exc)
+                if entry.errors >= self.policy.max_fetch_errors:
                     self._resolve(entry, error=exc)
-                    return
-                except (AuthenticationError, BadRequestError) as exc:
-                    self._resolve(entry, error=exc)
-                    return
-                except (APIError, ModelsLabError) as exc:
-                    entry.errors += 1
-                    log.debug("fetch %s failed (%d): %s", entry.job_id, entry.errors, exc)
-                    if entry.errors >= self.policy.max_fetch_errors:
-                        self._resolve(entry, error=exc)
-                    elif not entry.resolved:
-                        entry.backoffs += 1
-                        self._arm_backoff(entry, self._clock())
-                    return
-                finally:
-                    self._fetching -= 1
-                entry.errors = 0
-                if isinstance(answer, Generation):
+                elif not entry.resolved:
+                    entry.backoffs += 1
+                    self._arm_backoff(entry, self._clock())
+                return
+            finally:
+                self._fetching -= 1
+            entry.errors = 0
+            if isinstance(answer, Generation):
+                self.model.observe(
+                    entry.kind, entry.eta, entry.last_check - entry.anchor, sent - entry.anchor
+                )
+                if entry.kind != SUBMIT:  # the submit schedule learns from every job
                     self.model.observe(
-                        entry.kind, entry.eta, entry.last_check - entry.anchor, sent - entry.anchor
+                        SUBMIT,
+                        entry.first_eta,
+                        entry.last_check - entry.first_anchor,
+                        sent - entry.first_anchor,
                     )
-                    if entry.kind != SUBMIT:  # the submit schedule learns from every job
-                        self.model.observe(
-                            SUBMIT,
-                            entry.first_eta,
-                            entry.last_check - entry.first_anchor,
-                            sent - entry.first_anchor,
-                        )
-                    self._resolve(entry, result=answer)
-                    return
-                self._on_processing(entry, answer, sent)
+                self._resolve(entry, result=answer)
+                return
+            self._on_processing(entry, answer, sent)
         finally:
             entry.in_fetch = False
 
