@@ -33,7 +33,7 @@ from ._errors import (
     ServerError,
 )
 from ._redact import excerpt
-from ._types import DOCUMENTED_FIELDS, Generation, Job, Meta, Text2ImgRequest, trusted_replace
+from ._types import DOCUMENTED_FIELDS, Generation, Job, Meta, Text2ImgRequest
 
 converter = cattrs.Converter()
 
@@ -45,9 +45,14 @@ _BOOL_FIELDS = tuple(f.name for f in attrs.fields(Text2ImgRequest) if f.type in 
 # --- scalar hooks --------------------------------------------------------------------------
 
 
+_BOOL_WORDS = dict.fromkeys(_YES, True) | dict.fromkeys(_NO, False)
+
+
 def _to_bool(value: Any, _: Any = None) -> bool:
-    if isinstance(value, bool):
+    if value is True or value is False:
         return value
+    if type(value) is str and value in _BOOL_WORDS:  # the usual "yes"/"no": fast path
+        return _BOOL_WORDS[value]
     if isinstance(value, int | float) and value in (0, 1):
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in _YES | _NO:
@@ -56,8 +61,8 @@ def _to_bool(value: Any, _: Any = None) -> bool:
 
 
 def _to_opt_bool(value: Any, _: Any = None) -> bool | None:
-    if value is None:
-        return None
+    if value is None or value is True or value is False:
+        return value
     try:
         return _to_bool(value)
     except ValueError:
@@ -65,6 +70,8 @@ def _to_opt_bool(value: Any, _: Any = None) -> bool | None:
 
 
 def _to_int(value: Any, _: Any = None) -> int:
+    if type(value) is int:
+        return value
     if isinstance(value, bool):
         raise ValueError(f"not an integer: {value!r}")
     if isinstance(value, int):
@@ -83,12 +90,16 @@ def _to_int(value: Any, _: Any = None) -> int:
 
 
 def _to_opt_int(value: Any, _: Any = None) -> int | None:
-    if value is None or value == "":
+    if value is None or type(value) is int:
+        return value
+    if value == "":
         return None
     return _to_int(value)
 
 
 def _to_float(value: Any, _: Any = None) -> float:
+    if type(value) is float:
+        return value
     if isinstance(value, bool):
         raise ValueError(f"not a number: {value!r}")
     if isinstance(value, int | float):
@@ -105,8 +116,8 @@ def _to_opt_float(value: Any, _: Any = None) -> float | None:
 
 
 def _to_opt_str(value: Any, _: Any = None) -> str | None:
-    if value is None:
-        return None
+    if value is None or type(value) is str:
+        return value
     if isinstance(value, str):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -116,6 +127,8 @@ def _to_opt_str(value: Any, _: Any = None) -> str | None:
 
 def _to_job_id(value: Any, _: Any = None) -> JobId | None:
     """Ids arrive as int, digit string, other string, ``""`` or null."""
+    if type(value) is int:
+        return value
     if value is None or value == "":
         return None
     if isinstance(value, bool):
@@ -167,22 +180,22 @@ _register_exact(Mapping[str, Any], lambda v, _: dict(v or {}))
 _META_ALIASES = {"W": "width", "H": "height", "steps": "num_inference_steps"}
 _META_FIELDS = frozenset(f.name for f in attrs.fields(Meta)) - {"extra"}
 _META_TYPES = {f.name: f.type or Any for f in attrs.fields(attrs.resolve_types(Meta))}
-_structure_meta_known = make_dict_structure_fn(Meta, converter, extra=override(omit=True))
+_structure_meta_known = make_dict_structure_fn(Meta, converter)
 
 
 def _structure_meta(value: Any, _: Any = None) -> Meta:
     if not isinstance(value, Mapping):
         raise ValueError(f"meta is not an object: {type(value).__name__}")
-    known: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    for name, item in value.items():
-        target = _META_ALIASES.get(name, name)
-        if target in _META_FIELDS and target not in known:
-            known[target] = item
-        else:
-            extra[name] = item
+    # Set operations and comprehensions, not a loop of lookups: every answer has a meta.
+    names = value.keys()
+    known: dict[str, Any] = {name: value[name] for name in names & _META_FIELDS}
+    extra: dict[str, Any] = {k: v for k, v in value.items() if k not in _META_FIELDS}
+    for alias in names & _META_ALIASES.keys():  # W, H, steps: older answers
+        target = _META_ALIASES[alias]
+        if target not in known:
+            known[target] = extra.pop(alias)
     try:
-        meta = _structure_meta_known(known, Meta)
+        return _structure_meta_known({**known, "extra": extra}, Meta)
     except (ValueError, TypeError, cattrs.BaseValidationError):
         # A field the server sends in an unexpected form is kept raw rather than failing
         # the answer: find which, field by field (the slow path, taken only then).
@@ -191,20 +204,24 @@ def _structure_meta(value: Any, _: Any = None) -> Meta:
                 converter.structure(known[name], _META_TYPES[name])
             except (ValueError, TypeError, cattrs.BaseValidationError):
                 extra[name] = known.pop(name)
-        meta = _structure_meta_known(known, Meta)
-    return trusted_replace(meta, extra=extra) if extra else meta
+        return _structure_meta_known({**known, "extra": extra}, Meta)
 
 
 converter.register_structure_hook(Meta, _structure_meta)
 _register_exact(Meta | None, lambda v, _: None if not v else _structure_meta(v))
 
+# What the SDK itself adds to an answer (the request, the message in either spelling, the
+# arrival time) travels in keys no answer can have (a leading space), so that an answer is
+# built in one pass: the hooks below pass these values through as they are.
+_SDK = " "
+_register_exact(Text2ImgRequest | None, lambda v, _: v)
 converter.register_structure_hook(
     Generation,
     make_dict_structure_fn(
         Generation,
         converter,
         generation_time=override(rename="generationTime"),
-        request=override(omit=True),
+        request=override(rename=_SDK + "request"),
         images=override(omit=True),
     ),
 )
@@ -214,9 +231,9 @@ converter.register_structure_hook(
         Job,
         converter,
         fetch_url=override(rename="fetch_result"),
-        message=override(omit=True),  # either spelling, set from api_message()
-        request=override(omit=True),
-        submitted_at=override(omit=True),
+        message=override(rename=_SDK + "message"),
+        request=override(rename=_SDK + "request"),
+        submitted_at=override(rename=_SDK + "submitted_at"),
     ),
 )
 
@@ -489,10 +506,10 @@ def structure_answer(
     status = str(data.get("status", "")).strip().lower()
     try:
         if status == "success":
-            gen = converter.structure(data, Generation)
-            if gen.id is None and job_id is not None:
-                return trusted_replace(gen, id=job_id, request=request)
-            return trusted_replace(gen, request=request) if request is not None else gen
+            payload = {**data, _SDK + "request": request}
+            if job_id is not None and _to_job_id_safe(data.get("id")) is None:
+                payload["id"] = job_id
+            return converter.structure(payload, Generation)
         if status == "processing":
             found = _to_job_id_safe(data.get("id"))
             if found is None:
@@ -507,14 +524,14 @@ def structure_answer(
                     body=excerpt(body or json.dumps(data)),
                     path="$.id",
                 )
-            job = converter.structure(data, Job)
-            return trusted_replace(
-                job,
-                id=found,
-                message=api_message(data),
-                request=request,
-                submitted_at=time.time(),
-            )
+            payload = {
+                **data,
+                "id": found,
+                _SDK + "message": api_message(data),
+                _SDK + "request": request,
+                _SDK + "submitted_at": time.time(),
+            }
+            return converter.structure(payload, Job)
     except cattrs.BaseValidationError as exc:
         where = _wire_path("; ".join(cattrs.transform_error(exc, path="$")))
         raise ResponseFormatError(

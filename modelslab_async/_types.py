@@ -210,10 +210,18 @@ def trusted_replace(instance: _A, **changes: Any) -> _A:
     a job id from the answer it parsed); everything from users goes through the class."""
     cls = type(instance)
     new = object.__new__(cls)
-    for field in cls.__attrs_attrs__:  # type: ignore[attr-defined]
-        name = field.name
-        object.__setattr__(new, name, changes[name] if name in changes else getattr(instance, name))
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in attrs.fields(cls))  # type: ignore[arg-type]
+    set_ = object.__setattr__
+    for name in names:
+        set_(new, name, getattr(instance, name))
+    for name, value in changes.items():
+        set_(new, name, value)
     return new
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 @attrs.frozen(kw_only=True)
