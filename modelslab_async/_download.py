@@ -104,6 +104,7 @@ class Downloader:
         self.transport = transport
         self.policy = policy or DownloadPolicy()
         self._made: set[Path] = set()  # folders known to exist
+        self._timeout = transport.timeouts.for_download()
 
     async def download(
         self, generation: Generation, dest: str | os.PathLike[str] | None = None
@@ -209,7 +210,7 @@ class Downloader:
         limit = self.policy.max_bytes * (2 if is_b64 else 1)
         writer: _PartWriter | None = None
         try:
-            async with session.get(url) as resp:
+            async with session.get(url, timeout=self._timeout) as resp:
                 if resp.status in (403, 404):
                     raise _NotReady(resp.status)
                 if resp.status >= 400:

@@ -148,8 +148,11 @@ async def test_session_has_pool_limits_and_separate_timeouts() -> None:
         assert session.connector.limit == 7
         assert session.connector.limit_per_host == 3
         assert session.timeout.sock_connect == 1.5
-        assert session.timeout.sock_read == 2.5
-        assert session.timeout.total == 30.0
+        # API calls: read bounds the whole (small) answer; downloads: between chunks.
+        assert session.timeout.sock_read is None
+        assert session.timeout.total == 2.5
+        assert timeouts.for_download().sock_read == 2.5
+        assert timeouts.for_download().total == 30.0
     assert session.closed
 
 
@@ -157,8 +160,10 @@ def test_default_timeouts_are_finite_and_none_disables_one() -> None:
     default = Timeouts().to_aiohttp()
     assert default.total is not None
     assert default.sock_connect is not None
-    assert default.sock_read is not None
-    assert Timeouts(total=None).to_aiohttp().total is None
+    assert Timeouts().for_download().sock_read is not None
+    assert Timeouts(total=None).to_aiohttp().total == Timeouts().read
+    assert Timeouts(total=None, read=None).to_aiohttp().total is None
+    assert Timeouts(total=None, read=None).for_download().total is None
 
 
 # --- lifecycle ---------------------------------------------------------------------------
