@@ -202,6 +202,25 @@ async def test_results_cover_every_index_exactly_once(make: Any, tmp_path: Path)
     assert_no_duplicate_submissions(emu)
 
 
+async def test_at_most_max_in_flight_item_tasks_however_long_the_input(tmp_path: Path) -> None:
+    """Items run in worker tasks, one per slot, each taking the next item when free: not a
+    task per item."""
+
+    def workers() -> int:
+        return sum(1 for t in asyncio.all_tasks() if t.get_name().endswith("_Batch._worker"))
+
+    seen: list[int] = []
+    async with emulator(seed=3) as emu, client(emu, max_in_flight=3) as c:
+        batch = c.generate_many((small(f"item {i}") for i in range(24)), dest=tmp_path)
+        async with contextlib.aclosing(batch):
+            async for result in batch:
+                assert result.ok, result.error
+                seen.append(workers())
+        assert workers() == 0
+    assert len(seen) == 24
+    assert 1 <= max(seen) <= 3, seen
+
+
 async def test_results_come_as_items_complete_not_in_input_order(tmp_path: Path) -> None:
     # Item 0 takes four images of at least 0.25 s on one worker (>= 1 s); the others one.
     requests = [small("slow", samples=4), small("quick 1"), small("quick 2"), small("quick 3")]
