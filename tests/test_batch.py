@@ -210,8 +210,10 @@ async def test_at_most_max_in_flight_item_tasks_however_long_the_input(tmp_path:
         return sum(1 for t in asyncio.all_tasks() if t.get_name().endswith("_Batch._worker"))
 
     seen: list[int] = []
-    async with emulator(seed=3) as emu, client(emu, max_in_flight=3) as c:
-        batch = c.generate_many((small(f"item {i}") for i in range(24)), dest=tmp_path)
+    async with emulator(seed=3) as emu, client(emu, max_in_flight=8) as c:
+        batch = c.generate_many(
+            (small(f"item {i}") for i in range(24)), dest=tmp_path, max_in_flight=3
+        )
         async with contextlib.aclosing(batch):
             async for result in batch:
                 assert result.ok, result.error
