@@ -37,26 +37,27 @@ from ._types import DOCUMENTED_FIELDS, Generation, Job, Meta, Text2ImgRequest
 
 converter = cattrs.Converter()
 
-_YES = frozenset({"yes", "true", "1", "y", "on"})
-_NO = frozenset({"no", "false", "0", "n", "off", "none", ""})
+#: The API's yes/no words (lower case) and what they mean.
+_BOOL_WORDS = dict.fromkeys(("yes", "true", "1", "y", "on"), True) | dict.fromkeys(
+    ("no", "false", "0", "n", "off", "none", ""), False
+)
 _BOOL_FIELDS = tuple(f.name for f in attrs.fields(Text2ImgRequest) if f.type in ("bool", bool))
 
 
 # --- scalar hooks --------------------------------------------------------------------------
 
 
-_BOOL_WORDS = dict.fromkeys(_YES, True) | dict.fromkeys(_NO, False)
-
-
 def _to_bool(value: Any, _: Any = None) -> bool:
     if value is True or value is False:
         return value
-    if type(value) is str and value in _BOOL_WORDS:  # the usual "yes"/"no": fast path
-        return _BOOL_WORDS[value]
-    if isinstance(value, int | float) and value in (0, 1):
+    if isinstance(value, str):
+        word = _BOOL_WORDS.get(value)  # "yes"/"no" as sent, without strip() and lower()
+        if word is None:
+            word = _BOOL_WORDS.get(value.strip().lower())
+        if word is not None:
+            return word
+    elif isinstance(value, int | float) and value in (0, 1):
         return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _YES | _NO:
-        return value.strip().lower() in _YES
     raise ValueError(f"not a yes/no value: {value!r}")
 
 
@@ -116,9 +117,7 @@ def _to_opt_float(value: Any, _: Any = None) -> float | None:
 
 
 def _to_opt_str(value: Any, _: Any = None) -> str | None:
-    if value is None or type(value) is str:
-        return value
-    if isinstance(value, str):
+    if value is None or isinstance(value, str):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)

@@ -319,13 +319,11 @@ class Downloader:
                 url=url, index=index, job_id=job_id, data=data, content_type=ctype
             )
         final = folder / f"{stem}.{ext}"
-        if writer is None and len(data) <= self.policy.inline_write_max:
-            path = _write_inline(folder, stem, data, final)
-            return GeneratedImage(
-                url=url, index=index, job_id=job_id, path=path, content_type=ctype
-            )
-        if writer is None:  # the whole image is in memory: one trip to a worker thread
-            path = await anyio.to_thread.run_sync(_write_atomic, folder, stem, data, final)
+        if writer is None:  # the whole image is in memory: on the loop, or one thread trip
+            if len(data) <= self.policy.inline_write_max:
+                path = _write_inline(folder, stem, data, final)
+            else:
+                path = await anyio.to_thread.run_sync(_write_atomic, folder, stem, data, final)
             return GeneratedImage(
                 url=url, index=index, job_id=job_id, path=path, content_type=ctype
             )
@@ -410,7 +408,8 @@ def _write_inline(folder: Path, stem: str, data: bytes, final: Path) -> Path:
 
 
 def _write_atomic(folder: Path, stem: str, data: bytes, final: Path) -> Path:
-    """Write *data* to a ``.part`` file, then rename it to *final* (in a worker thread)."""
+    """Write *data* to a ``.part`` file, then rename it to *final* (from a worker thread, or
+    on the loop through :func:`_write_inline`)."""
     part = _part_path(folder, stem)
     try:
         with _open_part(part) as handle:

@@ -208,20 +208,12 @@ def trusted_replace(instance: _A, **changes: Any) -> _A:
     """A copy of a frozen attrs *instance* with *changes* set as given: no validators, no
     converters. Only for values the SDK made itself and knows valid (a track id it derived,
     a job id from the answer it parsed); everything from users goes through the class."""
-    cls = type(instance)
-    new = object.__new__(cls)
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in attrs.fields(cls))  # type: ignore[arg-type]
-    set_ = object.__setattr__
-    for name in names:
-        set_(new, name, getattr(instance, name))
+    new = object.__new__(type(instance))
+    for field in attrs.fields(type(instance)):  # type: ignore[arg-type]
+        object.__setattr__(new, field.name, getattr(instance, field.name))
     for name, value in changes.items():
-        set_(new, name, value)
+        object.__setattr__(new, name, value)
     return new
-
-
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 @attrs.frozen(kw_only=True)
