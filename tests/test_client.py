@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +34,9 @@ from modelslab_async import (
     TransportError,
 )
 from modelslab_async._client import InFlightLimiter
-from modelslab_async._errors import JobId
 from modelslab_async.emulator import Emulator, EmulatorConfig
 from modelslab_async.emulator._config import EtaMode
-from modelslab_async.emulator._stats import JobStats
+from tests._emulated import emulated_client, job_stats
 
 pytestmark = pytest.mark.anyio
 
@@ -46,27 +44,15 @@ pytestmark = pytest.mark.anyio
 KEY = "sk-CANARY-7f3c9e21-do-not-print"
 PNG = b"\x89PNG\r\n\x1a\n"
 FAST_RETRY = RetryPolicy(initial=0.01, max_wait=0.05, max_retries=3)
-GUARD = 20.0  # seconds: a hang guard, never an assertion on speed
 
 
-@asynccontextmanager
-async def emulated(
+def emulated(
     config: EmulatorConfig | None = None, /, **client_kw: Any
-) -> AsyncIterator[tuple[Emulator, Client]]:
+) -> AbstractAsyncContextManager[tuple[Emulator, Client]]:
     """An emulator (fast jobs unless *config* says otherwise) and an open client on it."""
-    config = config or EmulatorConfig(workers=4, duration=(0.05, 0.15))
     client_kw.setdefault("retry", FAST_RETRY)
-    async with (
-        Emulator(config) as emu,
-        Client(KEY, base_url=emu.base_url, **client_kw) as client,
-    ):
-        with anyio.fail_after(GUARD):
-            yield emu, client
-
-
-def job_stats(emu: Emulator, job_id: JobId | None) -> JobStats:
-    """What the emulator saw of one job (its ids are integers)."""
-    return emu.stats.jobs[int(str(job_id))]
+    config = config or EmulatorConfig(workers=4, duration=(0.05, 0.15))
+    return emulated_client(KEY, config, **client_kw)
 
 
 # --- submit / wait ----------------------------------------------------------------------------

@@ -10,8 +10,7 @@ hidden file may stay behind.
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,8 @@ from modelslab_async import (
     RetryPolicy,
     Text2ImgRequest,
 )
-from modelslab_async._errors import JobId
 from modelslab_async.emulator import Emulator, EmulatorConfig, EndpointFaults, Faults
-from modelslab_async.emulator._stats import JobStats
+from tests._emulated import emulated_client, job_stats
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("blockbuster")]
 
@@ -38,26 +36,16 @@ KEY = "test-key-downloads"
 PNG = b"\x89PNG\r\n\x1a\n"
 RETRY = RetryPolicy(initial=0.01, max_wait=0.05, max_retries=8)
 FAST_NOT_READY = DownloadPolicy(not_ready_initial=0.02, not_ready_max=0.1)
-GUARD = 20.0  # seconds: a hang guard, never an assertion on speed
 
 
-@asynccontextmanager
-async def emulated(
+def emulated(
     config: EmulatorConfig | None = None, /, **client_kw: Any
-) -> AsyncIterator[tuple[Emulator, Client]]:
-    config = config or EmulatorConfig(workers=4, duration=(0.05, 0.1))
+) -> AbstractAsyncContextManager[tuple[Emulator, Client]]:
+    """An emulator (fast jobs unless *config* says otherwise) and an open client on it."""
     client_kw.setdefault("retry", RETRY)
     client_kw.setdefault("download", FAST_NOT_READY)
-    async with (
-        Emulator(config) as emu,
-        Client(KEY, base_url=emu.base_url, **client_kw) as client,
-    ):
-        with anyio.fail_after(GUARD):
-            yield emu, client
-
-
-def job_stats(emu: Emulator, job_id: JobId | None) -> JobStats:
-    return emu.stats.jobs[int(str(job_id))]
+    config = config or EmulatorConfig(workers=4, duration=(0.05, 0.1))
+    return emulated_client(KEY, config, **client_kw)
 
 
 def is_whole_png(data: bytes) -> bool:
