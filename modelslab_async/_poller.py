@@ -609,10 +609,7 @@ class Poller:
                 entry.fetches += 1
                 self._fetches += 1
                 answer = await self._fetch(entry.job_id, entry.job)
-            except GenerationFailed as exc:
-                self._resolve(entry, error=exc)
-                return
-            except (AuthenticationError, BadRequestError) as exc:
+            except (GenerationFailed, AuthenticationError, BadRequestError) as exc:
                 self._resolve(entry, error=exc)
                 return
             except (APIError, ModelsLabError) as exc:
