@@ -131,25 +131,7 @@ def simulate(timing: Timing, seed: int) -> list[Sample]:
     def submit(now: float) -> None:
         nonlocal submitted
         seq = submitted
-        job = Job(
-            id=seq,
-            seq=seq,
-            key="k",
-            samples=1,
-            width=512,
-            height=512,
-            seed=seq,
-            prompt="",
-            file_prefix="",
-            base64=False,
-            temp=False,
-            webhook=None,
-            track_id=None,
-            meta_json="",
-            root="",
-            submitted_at=now,
-            failed=False,
-        )
+        job = Job.for_queue(seq, now)
         gpu.schedule(job, now, uniform(seed, "duration", seq, lo, hi))
         eta = int(gpu.estimate(job, now) + 0.5)
         seen = job.ready_at + observe.uniform(0.0, OBSERVE)

@@ -84,6 +84,29 @@ class Job:
         self.links_ready_at = submitted_at
         self.cum_before = 0
 
+    @classmethod
+    def for_queue(cls, seq: int, submitted_at: float, samples: int = 1) -> Job:
+        """A job with only what :class:`GpuModel` reads set (simulations, queue tests)."""
+        return cls(
+            id=seq,
+            seq=seq,
+            key="k",
+            samples=samples,
+            width=512,
+            height=512,
+            seed=seq,
+            prompt="",
+            file_prefix=str(seq),
+            base64=False,
+            temp=False,
+            webhook=None,
+            track_id=None,
+            meta_json="{}",
+            root="",
+            submitted_at=submitted_at,
+            failed=False,
+        )
+
     @property
     def generation_time(self) -> float:
         """Seconds the job spent on a GPU worker."""

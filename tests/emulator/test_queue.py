@@ -14,28 +14,6 @@ from .helpers import fetch, running, submit
 pytestmark = pytest.mark.anyio
 
 
-def _job(seq: int, now: float, samples: int = 1) -> Job:
-    return Job(
-        id=seq,
-        seq=seq,
-        key="k",
-        samples=samples,
-        width=8,
-        height=8,
-        seed=0,
-        prompt="p",
-        file_prefix=str(seq),
-        base64=False,
-        temp=False,
-        webhook=None,
-        track_id=None,
-        meta_json="{}",
-        root="",
-        submitted_at=now,
-        failed=False,
-    )
-
-
 @settings(max_examples=200, deadline=None)
 @given(
     workers=st.integers(1, 6),
@@ -51,7 +29,7 @@ def test_schedule_is_fifo_and_never_exceeds_workers(
     jobs = []
     for seq, (gap, duration, samples) in enumerate(arrivals):
         now += gap
-        job = _job(seq, now, samples)
+        job = Job.for_queue(seq, now, samples)
         gpu.schedule(job, now, duration)
         jobs.append(job)
         assert job.started_at >= job.submitted_at
