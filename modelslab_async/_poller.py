@@ -16,12 +16,13 @@ ready time past the schedule. Once the schedule is used up, checks back off from
 ``initial_backoff`` by ``backoff_factor`` to ``max_backoff``, with jitter.
 
 Due jobs are fetched concurrently by at most ``fetch_concurrency`` worker tasks in the
-poller's task group, each taking due jobs until none is left; there is no task per waiting
-job and no busy loop.
+poller's task group; a worker with nothing to do waits for the next due job instead of
+ending, so the poller starts few tasks. There is no task per waiting job and no busy loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import heapq
 import itertools
@@ -364,6 +365,11 @@ class ScheduleModel:
         return known
 
 
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 # --- tracked jobs ---------------------------------------------------------------------------
 
 
@@ -380,7 +386,8 @@ class _Tracked:
     next_index: int
     last_check: float
     deadline: float | None
-    done: anyio.Event = attrs.field(factory=anyio.Event)
+    resolved: bool = False
+    event: asyncio.Event | None = None  # made by the first waiter
     result: Generation | None = None
     error: ModelsLabError | None = None
     waiters: int = 0
@@ -392,10 +399,6 @@ class _Tracked:
     wake_pending: bool = False
     hold_until: float | None = None  # a webhook job's safety-net check (a wake keeps it)
     on_resolved: Callable[[_Tracked], None] | None = None
-
-    @property
-    def resolved(self) -> bool:
-        return self.done.is_set()
 
 
 @attrs.frozen
@@ -426,9 +429,10 @@ class Poller:
         self._heap: list[tuple[float, int, int, _Tracked]] = []
         self._seq = itertools.count()
         self._tracked: dict[JobId, _Tracked] = {}
-        self._wakeup = anyio.Event()
+        self._wakeup: asyncio.Future[None] | None = None
         self._due: deque[_Tracked] = deque()
         self._workers = 0
+        self._parked: list[asyncio.Future[None]] = []  # idle workers, waiting for due jobs
         self._fetching = 0
         self._fetches = 0
         self._resolved = 0
@@ -499,13 +503,16 @@ class Poller:
         """Wait for *entry* to resolve; raises its error. Cancelling leaves the others be."""
         entry.waiters += 1
         try:
-            if timeout is None:
-                await entry.done.wait()
-            else:
-                with anyio.move_on_after(timeout) as scope:
-                    await entry.done.wait()
-                if scope.cancelled_caught and not entry.resolved:
-                    raise GenerationTimeout(entry.job_id, timeout)
+            if not entry.resolved:
+                if entry.event is None:
+                    entry.event = asyncio.Event()
+                if timeout is None:
+                    await entry.event.wait()
+                else:
+                    with anyio.move_on_after(timeout) as scope:
+                        await entry.event.wait()
+                    if scope.cancelled_caught and not entry.resolved:
+                        raise GenerationTimeout(entry.job_id, timeout)
         finally:
             entry.waiters -= 1
             if not entry.resolved and entry.waiters == 0:
@@ -536,6 +543,7 @@ class Poller:
     ) -> None:
         """The poller loop; runs until cancelled (the client's exit cancels it)."""
         self._running = True
+        loop = asyncio.get_running_loop()
         try:
             async with anyio.create_task_group() as tg:
                 task_status.started()
@@ -551,16 +559,22 @@ class Poller:
                             continue
                         entry.in_fetch = True
                         self._due.append(entry)
-                        # At most fetch_concurrency workers; each takes due jobs until none
-                        # is left, so a busy poller starts few tasks.
-                        if self._workers < self.policy.fetch_concurrency:
+                        # An idle worker takes it; else a new one, up to fetch_concurrency.
+                        # Workers stay, so a busy poller starts few tasks.
+                        if not self._unpark() and self._workers < self.policy.fetch_concurrency:
                             self._workers += 1
                             tg.start_soon(self._worker)
-                    self._wakeup = anyio.Event()
-                    delay = self._heap[0][0] - self._clock() if self._heap else math.inf
-                    if delay > 0:
-                        with anyio.move_on_after(delay):
-                            await self._wakeup.wait()
+                    self._wakeup = wakeup = loop.create_future()
+                    timer = None
+                    if self._heap:
+                        timer = loop.call_later(
+                            max(0.0, self._heap[0][0] - self._clock()), _set_done, wakeup
+                        )
+                    try:
+                        await wakeup
+                    finally:
+                        if timer is not None:
+                            timer.cancel()
         finally:
             self._running = False
             for entry in list(self._tracked.values()):
@@ -572,8 +586,8 @@ class Poller:
     def _arm(self, entry: _Tracked, when: float) -> None:
         entry.version += 1
         heapq.heappush(self._heap, (when, next(self._seq), entry.version, entry))
-        if self._heap[0][3] is entry:
-            self._wakeup.set()
+        if self._heap[0][3] is entry and self._wakeup is not None:
+            _set_done(self._wakeup)
 
     def _arm_next(self, entry: _Tracked, now: float) -> None:
         """Arm the next scheduled check after *now*, or the next backoff step."""
@@ -591,11 +605,25 @@ class Poller:
         self._arm_backoff(entry, now)
         entry.backoffs += 1
 
+    def _unpark(self) -> bool:
+        """Wake one idle worker; False if none is idle."""
+        while self._parked:
+            parked = self._parked.pop()
+            if not parked.done():
+                parked.set_result(None)
+                return True
+        return False
+
     async def _worker(self) -> None:
-        """Check due jobs, oldest first, until none is left."""
+        """Check due jobs, oldest first; when none is left, wait idle for more."""
+        loop = asyncio.get_running_loop()
         try:
-            while self._due:
-                await self._check(self._due.popleft())
+            while True:
+                while self._due:
+                    await self._check(self._due.popleft())
+                parked = loop.create_future()
+                self._parked.append(parked)
+                await parked
         finally:
             self._workers -= 1
 
@@ -686,7 +714,9 @@ class Poller:
         self._resolved += 1
         if self._tracked.get(entry.job_id) is entry:
             del self._tracked[entry.job_id]
-        entry.done.set()
+        entry.resolved = True
+        if entry.event is not None:
+            entry.event.set()
         if entry.on_resolved is not None:
             entry.on_resolved(entry)
 

@@ -110,12 +110,17 @@ def unanswered_submits(records: Sequence[dict[str, Any]]) -> set[tuple[int, int]
 
 
 def sdk_tasks() -> Counter[str]:
-    """Names of the running tasks that belong to the SDK (not the in-process emulator)."""
+    """Names of the running tasks that belong to the SDK (not the in-process emulator).
+
+    The poller's fetch workers are left out: they are the poller's, and an idle one stays
+    (waiting for the next due job) as long as the client is open."""
     names = (task.get_name() for task in asyncio.all_tasks() if not task.done())
     return Counter(
         n
         for n in names
-        if n.startswith("modelslab_async.") and not n.startswith("modelslab_async.emulator")
+        if n.startswith("modelslab_async.")
+        and not n.startswith("modelslab_async.emulator")
+        and n != "modelslab_async._poller.Poller._worker"
     )
 
 
