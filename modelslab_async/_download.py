@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 import random
 import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -77,6 +78,8 @@ class DownloadPolicy:
 def file_stem(generation: Generation, index: int) -> str:
     """``{job_id}-{index}``; falls back to the link's own name when the job id is unknown."""
     job_id = generation.id
+    if type(job_id) is int:
+        return f"{job_id}-{index}"
     if job_id is None or job_id == "":
         name = Path(urlsplit(generation.output[index]).path).stem if generation.output else ""
         job_id = re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "image"
@@ -103,7 +106,7 @@ class Downloader:
     def __init__(self, transport: Transport, policy: DownloadPolicy | None = None) -> None:
         self.transport = transport
         self.policy = policy or DownloadPolicy()
-        self._made: set[Path] = set()  # folders known to exist
+        self._made: dict[str | os.PathLike[str], Path] = {}  # dest -> its folder, made
         self._timeout = transport.timeouts.for_download()
 
     async def download(
@@ -113,10 +116,13 @@ class Downloader:
         links = generation.output
         if not links:
             return []
-        folder = Path(dest) if dest is not None else None
-        if folder is not None and folder not in self._made:
-            await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
-            self._made.add(folder)
+        folder = None
+        if dest is not None:
+            folder = self._made.get(dest)
+            if folder is None:
+                folder = Path(dest)
+                await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
+                self._made[dest] = folder
         if len(links) == 1:  # the common case: no task group needed
             return [await self._one(generation, 0, folder)]
         results: list[GeneratedImage | None] = [None] * len(links)
@@ -163,12 +169,12 @@ class Downloader:
         self, generation: Generation, index: int, url: str, folder: Path | None
     ) -> GeneratedImage:
         job_id = generation.id
-        scheme = urlsplit(url).scheme
-        if scheme not in ("http", "https"):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
             raise DownloadError(
                 f"refusing to download a non-http(s) link: {url}", url=url, job_id=job_id
             )
-        is_b64 = urlsplit(url).path.endswith(".base64")
+        is_b64 = parts.path.endswith(".base64")
         stem = file_stem(generation, index)
         started = time.monotonic()
         not_ready = 0
@@ -229,33 +235,35 @@ class Downloader:
                         url=url,
                         job_id=job_id,
                     )
-                buffer = bytearray()
-                received = 0
-                head = b""
-                tail = b""
-                async for chunk in resp.content.iter_chunked(64 * 1024):
-                    received += len(chunk)
-                    if received > limit:
-                        raise DownloadError(
-                            f"{url}: body over the {limit}-byte cap", url=url, job_id=job_id
-                        )
-                    if not head:
-                        head = bytes(chunk[:16])
-                        if not is_b64 and sniff(head) is None:
-                            if head.lstrip()[:1] == b"<":
-                                raise _NotReady(resp.status)  # an HTML "not found" page
+                buffer: bytes | bytearray
+                if expected is not None and expected < self.policy.chunk_size:
+                    # Known to fit one write (every image the API makes): one read.
+                    buffer = await resp.read()
+                    received = len(buffer)
+                    head, tail = buffer[:16], buffer[-16:]
+                    if buffer and not is_b64 and sniff(head) is None:
+                        _not_an_image(head, resp.status, url, job_id)
+                else:
+                    buffer = acc = bytearray()
+                    received = 0
+                    head = tail = b""
+                    async for chunk in resp.content.iter_chunked(64 * 1024):
+                        received += len(chunk)
+                        if received > limit:
                             raise DownloadError(
-                                f"{url}: not an image (starts {excerpt(head, 20)!r})",
-                                url=url,
-                                job_id=job_id,
+                                f"{url}: body over the {limit}-byte cap", url=url, job_id=job_id
                             )
-                    buffer += chunk
-                    tail = (tail + bytes(chunk[-16:]))[-16:]
-                    if folder is not None and not is_b64 and len(buffer) >= self.policy.chunk_size:
-                        if writer is None:
-                            writer = await _PartWriter.open(folder, stem)
-                        await writer.write(bytes(buffer))
-                        buffer.clear()
+                        if not head:
+                            head = bytes(chunk[:16])
+                            if not is_b64 and sniff(head) is None:
+                                _not_an_image(head, resp.status, url, job_id)
+                        acc += chunk
+                        tail = (tail + bytes(chunk[-16:]))[-16:]
+                        if folder is not None and not is_b64 and len(acc) >= self.policy.chunk_size:
+                            if writer is None:
+                                writer = await _PartWriter.open(folder, stem)
+                            await writer.write(bytes(acc))
+                            acc.clear()
                 if expected is not None and received != expected:
                     raise _AttemptFailed(
                         _Outcome(
@@ -337,6 +345,14 @@ class Downloader:
         return GeneratedImage(url=url, index=index, job_id=job_id, path=path, content_type=ctype)
 
 
+def _not_an_image(head: bytes, status: int, url: str, job_id: JobId | None) -> NoReturn:
+    if head.lstrip()[:1] == b"<":
+        raise _NotReady(status)  # an HTML "not found" page
+    raise DownloadError(
+        f"{url}: not an image (starts {excerpt(head, 20)!r})", url=url, job_id=job_id
+    )
+
+
 class _NotReady(Exception):
     def __init__(self, status: int) -> None:
         super().__init__(status)
@@ -385,8 +401,12 @@ class _PartWriter:
         await anyio.to_thread.run_sync(drop)
 
 
+def _part_name(stem: str) -> str:
+    return f".{stem}.{random.getrandbits(32):08x}{PART_SUFFIX}"
+
+
 def _part_path(folder: Path, stem: str) -> Path:
-    return folder / f".{stem}.{random.getrandbits(32):08x}{PART_SUFFIX}"
+    return folder / _part_name(stem)
 
 
 def _open_part(path: Path) -> BinaryIO:
@@ -407,16 +427,30 @@ def _write_inline(folder: Path, stem: str, data: bytes, final: Path) -> Path:
     return _write_atomic(folder, stem, data, final)
 
 
+_PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+
+
 def _write_atomic(folder: Path, stem: str, data: bytes, final: Path) -> Path:
     """Write *data* to a ``.part`` file, then rename it to *final* (from a worker thread, or
-    on the loop through :func:`_write_inline`)."""
-    part = _part_path(folder, stem)
+    on the loop through :func:`_write_inline`). Plain ``os`` calls: a buffered file object
+    would add an fstat, an isatty ioctl and an lseek to every file."""
+    part = os.path.join(folder, _part_name(stem))
     try:
-        with _open_part(part) as handle:
-            handle.write(data)
+        try:
+            fd = os.open(part, _PART_FLAGS, 0o666)
+        except FileNotFoundError:  # the folder was removed since it was made
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(part, _PART_FLAGS, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
         os.replace(part, final)
     except BaseException:
-        part.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(part)
         raise
     return final
 
