@@ -359,16 +359,17 @@ class _Batch:
                         raise
                     self.submitted += 1
                     job_id = answer.id
-                    await self._record(
-                        ManifestRecord(
-                            index=index,
-                            state="submitted",
-                            fingerprint=fp,
-                            job_id=answer.id,
-                            attempt=attempt,
-                            track_id=sent.track_id,
+                    if self.manifest is not None:
+                        await self._record(
+                            ManifestRecord(
+                                index=index,
+                                state="submitted",
+                                fingerprint=fp,
+                                job_id=answer.id,
+                                attempt=attempt,
+                                track_id=sent.track_id,
+                            )
                         )
-                    )
                     self._changed()
                 generation = await self.client.wait(answer)
                 if generation.id is None and job_id is not None:
@@ -382,16 +383,17 @@ class _Batch:
             except ModelsLabError as exc:
                 return await self._failed(index, request, fp, exc, job_id, attempt)
             files = tuple(img.path for img in images if img.path is not None)
-            await self._record(
-                ManifestRecord(
-                    index=index,
-                    state="done",
-                    fingerprint=fp,
-                    job_id=generation.id,
-                    files=tuple(str(f) for f in files),
-                    attempt=attempt,
+            if self.manifest is not None:
+                await self._record(
+                    ManifestRecord(
+                        index=index,
+                        state="done",
+                        fingerprint=fp,
+                        job_id=generation.id,
+                        files=tuple(str(f) for f in files),
+                        attempt=attempt,
+                    )
                 )
-            )
             return BatchResult(
                 index=index,
                 request=request,

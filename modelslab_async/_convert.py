@@ -33,7 +33,7 @@ from ._errors import (
     ServerError,
 )
 from ._redact import excerpt
-from ._types import DOCUMENTED_FIELDS, Generation, Job, Meta, Text2ImgRequest
+from ._types import DOCUMENTED_FIELDS, Generation, Job, Meta, Text2ImgRequest, values_getter
 
 converter = cattrs.Converter()
 
@@ -257,8 +257,8 @@ def _id_from_fetch_url(url: Any) -> int | None:
 # --- request <-> wire ----------------------------------------------------------------------
 
 
-def _yes_no(value: bool) -> str:
-    return "yes" if value else "no"
+_REQUEST_FIELDS = tuple(f.name for f in attrs.fields(Text2ImgRequest) if f.name != "extra")
+_request_values = values_getter(_REQUEST_FIELDS)
 
 
 def request_to_wire(request: Text2ImgRequest) -> dict[str, Any]:
@@ -268,18 +268,13 @@ def request_to_wire(request: Text2ImgRequest) -> dict[str, Any]:
     in the endpoint document; ``negative_prompt`` is left out when None. ``extra`` fields
     are merged in as given.
     """
-    body: dict[str, Any] = {}
-    for field in attrs.fields(Text2ImgRequest):
-        if field.name == "extra":
-            continue
-        value = getattr(request, field.name)
-        if field.name in _BOOL_FIELDS:
-            body[field.name] = _yes_no(value)
-        elif value is None and field.name == "negative_prompt":
-            continue
-        else:
-            body[field.name] = value
-    body.update(request.extra)
+    body = dict(zip(_REQUEST_FIELDS, _request_values(request), strict=True))
+    for name in _BOOL_FIELDS:
+        body[name] = "yes" if body[name] else "no"
+    if body["negative_prompt"] is None:
+        del body["negative_prompt"]
+    if request.extra:
+        body.update(request.extra)
     return body
 
 

@@ -28,6 +28,7 @@ import heapq
 import itertools
 import logging
 import math
+import operator
 import random
 import time
 from collections import deque
@@ -157,10 +158,17 @@ def _density(
     show instead of smearing mass evenly.
     """
     spans: list[tuple[int, int]] = []
+    top = n - 1
+    ceil, floor = math.ceil, math.floor
     for a, b in intervals:
         # (a, b] is open on the left: a check at a found the job not ready.
-        i1 = min(n - 1, max(0, math.ceil((b - lo) / step - 1e-9)))
-        i0 = min(i1, max(0, math.floor((a - lo) / step + 1e-9) + 1)) if b > a else i1
+        i1 = ceil((b - lo) / step - 1e-9)
+        i1 = 0 if i1 < 0 else top if i1 > top else i1
+        if b > a:
+            i0 = floor((a - lo) / step + 1e-9) + 1
+            i0 = 0 if i0 < 0 else i1 if i0 > i1 else i0
+        else:
+            i0 = i1
         spans.append((i0, i1))
     weight = 1.0 / len(spans)
     mass = [0.0] * n
@@ -207,8 +215,8 @@ def optimal_offsets(
     """
     if not intervals:
         return []
-    lo = min(a for a, _ in intervals)
-    hi = max(b for _, b in intervals)
+    lo = min(intervals)[0]
+    hi = max(map(operator.itemgetter(1), intervals))
     span = max(hi - lo, _GRID)
     step = max(_GRID, span / 400)
     n = math.ceil(span / step) + 1

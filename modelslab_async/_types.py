@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+import operator
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar, get_args
@@ -208,12 +209,31 @@ def trusted_replace(instance: _A, **changes: Any) -> _A:
     """A copy of a frozen attrs *instance* with *changes* set as given: no validators, no
     converters. Only for values the SDK made itself and knows valid (a track id it derived,
     a job id from the answer it parsed); everything from users goes through the class."""
-    new = object.__new__(type(instance))
-    for field in attrs.fields(type(instance)):  # type: ignore[arg-type]
-        object.__setattr__(new, field.name, getattr(instance, field.name))
+    cls = type(instance)
+    known = _FIELDS.get(cls)
+    if known is None:
+        names = tuple(f.name for f in attrs.fields(cls))  # type: ignore[arg-type]
+        known = _FIELDS[cls] = (names, values_getter(names))
+    names, values = known
+    new = object.__new__(cls)
+    setattr_ = object.__setattr__
+    for name, value in zip(names, values(instance), strict=True):
+        setattr_(new, name, value)
     for name, value in changes.items():
-        object.__setattr__(new, name, value)
+        setattr_(new, name, value)
     return new
+
+
+def values_getter(names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function returning the attributes *names* of an object as a tuple (one C call)."""
+    if len(names) == 1:
+        name = names[0]
+        return lambda obj: (getattr(obj, name),)
+    return operator.attrgetter(*names)
+
+
+#: attrs class -> (field names, a getter of all their values at once), for trusted_replace.
+_FIELDS: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
 
 
 @attrs.frozen(kw_only=True)
@@ -322,7 +342,7 @@ def _images(value: Iterable[GeneratedImage]) -> tuple[GeneratedImage, ...]:
 
 
 def _paths(value: Iterable[str | os.PathLike[str]]) -> tuple[Path, ...]:
-    return tuple(Path(v) for v in value)
+    return tuple(v if isinstance(v, Path) else Path(v) for v in value)
 
 
 def _tuple_of_str(value: Any) -> tuple[str, ...]:
