@@ -256,7 +256,7 @@ class _Batch:
         from ._client import coerce_request
 
         try:
-            request = coerce_request(raw, {})
+            request = raw if type(raw) is Text2ImgRequest else coerce_request(raw, {})
         except ModelsLabError as exc:
             self.queued -= 1
             await self._record(

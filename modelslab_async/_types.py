@@ -171,6 +171,8 @@ def _freeze_extra(value: Any) -> Mapping[str, Any]:
 
 
 def _check_extra(inst: Any, attr: attrs.Attribute[Any], value: Mapping[str, Any]) -> None:
+    if not value:
+        return
     import json
 
     for name in value:

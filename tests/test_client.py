@@ -7,13 +7,16 @@ emulator's ``stats``) instead. ``fail_after`` bounds are hang guards only.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from modelslab_async import (
@@ -288,6 +291,60 @@ def test_in_flight_limiter_aimd_halves_on_429_and_adds_one_per_round() -> None:
     fixed.on_rate_limited(0.0)
     fixed.on_accepted()
     assert fixed.limit == 4
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Let other tasks run until *condition* holds (a few loop turns at most)."""
+    for _ in range(100):
+        if condition():
+            return
+        await anyio.lowlevel.checkpoint()
+    raise AssertionError("condition never held")
+
+
+@pytest.mark.anyio
+async def test_in_flight_limiter_is_first_come_first_served_and_survives_cancelled_waiters() -> (
+    None
+):
+    limiter = InFlightLimiter(1)
+    first, second, third = object(), object(), object()
+    await limiter.acquire(first)
+    order: list[str] = []
+
+    async def take(token: object, name: str) -> None:
+        await limiter.acquire(token)
+        order.append(name)
+
+    async with anyio.create_task_group() as tg:
+        with anyio.CancelScope() as gone:
+            tg.start_soon(take, second, "second")
+            await wait_until(lambda: limiter.waiting == 1)
+            gone.cancel()
+        tg.cancel_scope.cancel()  # the waiting "second" is cancelled
+    assert limiter.waiting == 0
+    assert limiter.in_flight == 1
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take, third, "third")
+        await wait_until(lambda: limiter.waiting == 1)
+        limiter.release(first)  # the slot goes to the live waiter
+    assert order == ["third"]
+    assert limiter.in_flight == 1
+    limiter.release(third)
+    limiter.release(third)  # a second release of the same token is a no-op
+    assert limiter.in_flight == 0
+
+    # Granted, then cancelled before it ran: the slot is given back, not lost.
+    await limiter.acquire(first)
+    waiter = asyncio.get_running_loop().create_task(limiter.acquire(second))
+    await wait_until(lambda: limiter.waiting == 1)
+    limiter.release(first)  # grants `second` ...
+    waiter.cancel()  # ... which is cancelled before it resumes
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert limiter.in_flight == 0
+    assert limiter.waiting == 0
+    await limiter.acquire(third)
+    assert limiter.in_flight == 1
 
 
 # --- the key never leaks ----------------------------------------------------------------------
