@@ -20,9 +20,12 @@ each attempt recorded with its own track id.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import os
 import time
+from collections import deque
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -37,7 +40,6 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import attrs
-from anyio.streams.memory import MemoryObjectSendStream
 
 from ._convert import request_to_wire, wire_fingerprint
 from ._download import remove_stale_parts, verify_image_file
@@ -140,6 +142,7 @@ class _Batch:
         self.webhook = webhook
         self.scope = anyio.CancelScope()
         self.stopped = anyio.Event()
+        self.results = _Handoff()
         self.failure: BaseException | None = None
         self.started = time.monotonic()
         self.queued = self.submitted = self.processing = 0
@@ -174,24 +177,22 @@ class _Batch:
         self.scope.cancel()
 
     async def run(
-        self,
-        send: MemoryObjectSendStream[BatchResult],
-        *,
-        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         try:
-            with self.scope, send:
+            with self.scope:
                 task_status.started()
                 try:
-                    await self._run(send)
+                    await self._run()
                 except anyio.get_cancelled_exc_class():
                     raise
                 except Exception as exc:  # handed to the consumer, not the client's group
                     self.failure = _unwrap(exc)
         finally:
+            self.results.close()
             self.stopped.set()
 
-    async def _run(self, send: MemoryObjectSendStream[BatchResult]) -> None:
+    async def _run(self) -> None:
         if self.manifest_path is not None:
             self.manifest = await Manifest(self.manifest_path).open()
         try:
@@ -199,54 +200,46 @@ class _Batch:
                 await anyio.to_thread.run_sync(remove_stale_parts, self.dest)
             items = _Items(self.requests)
             async with anyio.create_task_group() as tg:
-                self._spawn_worker(tg, items, send)
+                self._spawn_worker(tg, items)
         finally:
             if self.manifest is not None:
                 await self.manifest.close()
 
-    def _spawn_worker(
-        self, tg: anyio.abc.TaskGroup, items: _Items, send: MemoryObjectSendStream[BatchResult]
-    ) -> None:
+    def _spawn_worker(self, tg: anyio.abc.TaskGroup, items: _Items) -> None:
         self._workers += 1
-        tg.start_soon(self._worker, tg, items, send.clone())
+        tg.start_soon(self._worker, tg, items)
 
-    async def _worker(
-        self,
-        tg: anyio.abc.TaskGroup,
-        items: _Items,
-        send: MemoryObjectSendStream[BatchResult],
-    ) -> None:
+    async def _worker(self, tg: anyio.abc.TaskGroup, items: _Items) -> None:
         """One in-flight slot: takes an item, runs it, hands its result to the consumer
         (waiting until it is taken), then takes the next. A worker that got an item starts
         the next worker, up to the limit, so input is read only as slots free up."""
-        async with send:
-            try:
-                while True:
-                    got = await items.take()
-                    if got is None:
-                        if not self.input_exhausted:
-                            self.input_exhausted = True
-                            self._changed()
-                        return
-                    if self._workers < self.limit:
-                        self._spawn_worker(tg, items, send)
-                    index, raw = got
-                    self.queued += 1
-                    self._changed()
-                    result = await self._process(index, raw)
-                    if result.ok:
-                        self.done += 1
-                        self.images += len(result.files) or (
-                            len(result.generation.images) if result.generation else 0
-                        )
-                    else:
-                        self.failed += 1
-                    self._changed()
-                    await send.send(result)
-                    # Let the consumer run first: it has the result before the next read.
-                    await anyio.lowlevel.checkpoint()
-            finally:
-                self._workers -= 1
+        try:
+            while True:
+                got = await items.take()
+                if got is None:
+                    if not self.input_exhausted:
+                        self.input_exhausted = True
+                        self._changed()
+                    return
+                if self._workers < self.limit:
+                    self._spawn_worker(tg, items)
+                index, raw = got
+                self.queued += 1
+                self._changed()
+                result = await self._process(index, raw)
+                if result.ok:
+                    self.done += 1
+                    self.images += len(result.files) or (
+                        len(result.generation.images) if result.generation else 0
+                    )
+                else:
+                    self.failed += 1
+                self._changed()
+                await self.results.put(result)
+                # Let the consumer run first: it has the result before the next read.
+                await anyio.lowlevel.checkpoint()
+        finally:
+            self._workers -= 1
 
     async def _record(self, record: ManifestRecord) -> None:
         if self.manifest is not None:
@@ -351,7 +344,7 @@ class _Batch:
                     ahead = self._write_ahead(index, fp, attempt, sent.track_id)
                     try:
                         answer = await self.client._submit(
-                            sent, webhook=self.webhook, watch=ahead, wire=sent_wire
+                            sent, webhook=self.webhook, watch=ahead, wire=sent_wire, job_meta=False
                         )
                     except BaseException as exc:
                         if ahead is not None and not isinstance(exc, ModelsLabError):
@@ -547,6 +540,61 @@ def _resumable(record: ManifestRecord) -> bool:
     return kind in {cls.__name__ for cls in _RESUMABLE}
 
 
+class _Handoff:
+    """Results from the workers to the consumer, one at a time and unbuffered: ``put``
+    returns once the consumer has the result, so a slow consumer holds the workers back
+    instead of letting results pile up. ``get`` returns None once closed and drained.
+    (anyio's zero-buffer memory stream does the same with two more trips round the event
+    loop and an event per item.)"""
+
+    def __init__(self) -> None:
+        self._waiting: deque[tuple[BatchResult, asyncio.Future[None]]] = deque()
+        self._taker: asyncio.Future[BatchResult | None] | None = None
+        self._closed = False
+
+    def _hand(self, item: BatchResult | None) -> bool:
+        taker, self._taker = self._taker, None
+        if taker is not None and not taker.done():
+            taker.set_result(item)
+            return True
+        return False
+
+    async def put(self, item: BatchResult) -> None:
+        if self._hand(item):
+            return
+        waiting = (item, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        try:
+            await waiting[1]
+        except BaseException:
+            if not waiting[1].done():
+                waiting[1].cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(waiting)
+            raise
+
+    async def get(self) -> BatchResult | None:
+        while self._waiting:
+            item, taken = self._waiting.popleft()
+            if not taken.done():
+                taken.set_result(None)
+                return item
+        if self._closed:
+            return None
+        taker: asyncio.Future[BatchResult | None] = asyncio.get_running_loop().create_future()
+        self._taker = taker
+        try:
+            return await taker
+        finally:
+            if self._taker is taker:
+                self._taker = None
+
+    def close(self) -> None:
+        """No more results: a waiting (or later) ``get`` returns None."""
+        self._closed = True
+        self._hand(None)
+
+
 class _Items:
     """The input, read lazily by the workers: ``(index, item)`` pairs, None at the end."""
 
@@ -624,13 +672,11 @@ async def run_batch(
     )
     # No buffer: an item keeps its slot until the consumer has taken its result, so a slow
     # consumer holds back the input instead of letting results pile up.
-    send, receive = anyio.create_memory_object_stream[BatchResult](0)
     assert client._tg is not None
-    await client._tg.start(batch.run, send)
+    await client._tg.start(batch.run)
     try:
-        async with receive:
-            async for result in receive:
-                yield result
+        while (result := await batch.results.get()) is not None:
+            yield result
         if batch.failure is not None:
             raise batch.failure
     finally:

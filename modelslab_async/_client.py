@@ -313,8 +313,11 @@ class Client:
         webhook: WebhookReceiver | None = None,
         watch: SubmitWatch | None = None,
         wire: dict[str, Any] | None = None,
+        job_meta: bool = True,
     ) -> Job | Generation:
-        """*wire*, when given, is ``request_to_wire(req)`` already made by the caller."""
+        """*wire*, when given, is ``request_to_wire(req)`` already made by the caller;
+        ``job_meta=False``: the caller never shows the :class:`Job`, so its ``meta`` is not
+        built (``generate_many``: only the finished generation, with its own meta, is)."""
         self._check_open()
         if wire is None:
             wire = request_to_wire(req)
@@ -329,7 +332,7 @@ class Client:
         token = object()
         await self._limiter.acquire(token)
         try:
-            answer = await self._transport.submit(req, wire, watch=watch)
+            answer = await self._transport.submit(req, wire, watch=watch, job_meta=job_meta)
         except BaseException:
             self._limiter.release(token)
             if receiver is not None:

@@ -482,13 +482,15 @@ def structure_answer(
     job_id: JobId | None = None,
     retry_after: float | None = None,
     body: bytes = b"",
+    job_meta: bool = True,
 ) -> Job | Generation:
     """Turn a decoded answer into a :class:`Job` or :class:`Generation`, or raise.
 
     ``error``/``failed`` answers, and answers without a known status sent with an HTTP
     error status, raise the class :func:`error_from_answer` picks; otherwise an unknown
     status or an answer of the wrong shape raises ResponseFormatError. A processing answer
-    without an id takes *job_id*, else the id at the end of its ``fetch_result`` URL.
+    without an id takes *job_id*, else the id at the end of its ``fetch_result`` URL;
+    with ``job_meta=False`` its ``meta`` is left out (None).
     """
     if not isinstance(data, Mapping):
         raise ResponseFormatError(
@@ -525,6 +527,8 @@ def structure_answer(
                 _SDK + "request": request,
                 _SDK + "submitted_at": time.time(),
             }
+            if not job_meta:
+                payload.pop("meta", None)
             return converter.structure(payload, Job)
     except cattrs.BaseValidationError as exc:
         where = _wire_path("; ".join(cattrs.transform_error(exc, path="$")))
@@ -563,6 +567,7 @@ def parse_answer(
     request: Text2ImgRequest | None = None,
     job_id: JobId | None = None,
     retry_after: float | None = None,
+    job_meta: bool = True,
 ) -> Job | Generation:
     """Decode and structure one answer body (see :func:`structure_answer`)."""
     data = decode_json(body, status_code=status_code, url=url)
@@ -574,4 +579,5 @@ def parse_answer(
         job_id=job_id,
         retry_after=retry_after,
         body=body,
+        job_meta=job_meta,
     )

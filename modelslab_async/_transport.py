@@ -316,15 +316,20 @@ class Transport:
         wire: Mapping[str, Any],
         *,
         watch: SubmitWatch | None = None,
+        job_meta: bool = True,
     ) -> Job | Generation:
         """POST text2img; retried only where the job surely was not created.
 
         *watch* is told before each attempt goes on the wire (after any rate-limit pause)
         and after each attempt that surely created no job: the batch records the submit
         ahead, and takes the record back when a stop finds the job surely not created.
+        ``job_meta=False`` leaves a processing answer's ``meta`` out of the :class:`Job`
+        (for a caller that never shows the job to anyone).
         """
         url = self.base_url + C.SUBMIT_PATH
-        return await self._call("submit", url, wire, request=request, watch=watch)
+        return await self._call(
+            "submit", url, wire, request=request, watch=watch, job_meta=job_meta
+        )
 
     async def fetch(
         self, job_id: JobId, request: Text2ImgRequest | None = None
@@ -342,6 +347,7 @@ class Transport:
         request: Text2ImgRequest | None = None,
         job_id: JobId | None = None,
         watch: SubmitWatch | None = None,
+        job_meta: bool = True,
     ) -> Job | Generation:
         body = {"key": self._key, **fields}
 
@@ -350,7 +356,9 @@ class Transport:
                 await watch.sending()
             self.counters[op] += 1
             try:
-                return await self._post_once(op, url, body, request=request, job_id=job_id)
+                return await self._post_once(
+                    op, url, body, request=request, job_id=job_id, job_meta=job_meta
+                )
             except _AttemptFailed as failed:
                 if watch is not None and _surely_not_created(failed.outcome):
                     watch.refused()
@@ -410,6 +418,7 @@ class Transport:
         *,
         request: Text2ImgRequest | None,
         job_id: JobId | None,
+        job_meta: bool = True,
     ) -> Job | Generation:
         session = self.session
         error: TransportError
@@ -458,6 +467,7 @@ class Transport:
                 request=request,
                 job_id=job_id,
                 retry_after=header_wait,
+                job_meta=job_meta,
             )
         except RateLimitError as exc:
             raise _AttemptFailed(_Outcome(exc, sent=True, retry_after=exc.retry_after)) from exc

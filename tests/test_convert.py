@@ -7,6 +7,7 @@ import json
 import re
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -206,6 +207,20 @@ def test_processing_answer_carries_the_request_and_a_submission_time() -> None:
     assert isinstance(job, Job)
     assert job.request is request
     assert job.submitted_at > 0
+
+
+def test_processing_answer_without_job_meta_leaves_only_the_meta_out() -> None:
+    full = parse_fixture("text2img-processing.json")
+    lean = parse_fixture("text2img-processing.json", job_meta=False)
+    assert isinstance(full, Job)
+    assert isinstance(lean, Job)
+    assert full.meta is not None
+    assert lean.meta is None
+    assert attrs.evolve(full, meta=None, submitted_at=lean.submitted_at) == lean
+    # A success answer keeps its meta either way: it is what the caller gets.
+    done = parse_fixture("text2img-success.json", job_meta=False)
+    assert isinstance(done, Generation)
+    assert done.meta is not None
 
 
 def test_base64_processing_job_knows_it_is_base64() -> None:
