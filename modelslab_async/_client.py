@@ -12,6 +12,7 @@ from collections import OrderedDict, deque
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
+    Awaitable,
     Callable,
     Iterable,
     Mapping,
@@ -519,8 +520,8 @@ class Client:
 
     # --- internals --------------------------------------------------------------------------
 
-    async def _fetch_for_poller(self, job_id: JobId, job: Job) -> Job | Generation:
-        return await self._transport.fetch(job_id, job.request)
+    def _fetch_for_poller(self, job_id: JobId, job: Job) -> Awaitable[Job | Generation]:
+        return self._transport.fetch(job_id, job.request)
 
     @property
     def transport(self) -> Transport:

@@ -179,27 +179,34 @@ class Downloader:
         started = time.monotonic()
         not_ready = 0
 
-        async def attempt() -> GeneratedImage:
+        async def wait_until_ready(exc: _NotReady) -> None:
             nonlocal not_ready
+            elapsed = time.monotonic() - started
+            if elapsed >= self.policy.not_ready_timeout:
+                raise DownloadError(
+                    f"{url}: still HTTP {exc.status} {elapsed:.1f}s after the job finished",
+                    url=url,
+                    job_id=job_id,
+                    status_code=exc.status,
+                ) from None
+            wait = min(self.policy.not_ready_max, self.policy.not_ready_initial * 1.6**not_ready)
+            not_ready += 1
+            await anyio.sleep(0.0 if is_testing() else wait)
+
+        async def attempt() -> GeneratedImage:
             while True:
                 try:
                     return await self._get(url, job_id, index, stem, folder, is_b64)
                 except _NotReady as exc:
-                    elapsed = time.monotonic() - started
-                    if elapsed >= self.policy.not_ready_timeout:
-                        raise DownloadError(
-                            f"{url}: still HTTP {exc.status} {elapsed:.1f}s after the job finished",
-                            url=url,
-                            job_id=job_id,
-                            status_code=exc.status,
-                        ) from None
-                    wait = min(
-                        self.policy.not_ready_max,
-                        self.policy.not_ready_initial * 1.6**not_ready,
-                    )
-                    not_ready += 1
-                    await anyio.sleep(0.0 if is_testing() else wait)
+                    await wait_until_ready(exc)
 
+        # The first try without the retry machinery (it is needed only after a failure).
+        try:
+            return await self._get(url, job_id, index, stem, folder, is_b64)
+        except _AttemptFailed as failed:
+            return await self.transport._retry("download", attempt, failed.outcome)
+        except _NotReady as exc:
+            await wait_until_ready(exc)
         return await self.transport.with_retries("download", attempt)
 
     async def _get(

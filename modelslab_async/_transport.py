@@ -34,7 +34,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Literal, TypeVar
 
 import aiohttp
@@ -331,12 +331,13 @@ class Transport:
             "submit", url, wire, request=request, watch=watch, job_meta=job_meta
         )
 
-    async def fetch(
+    def fetch(
         self, job_id: JobId, request: Text2ImgRequest | None = None
-    ) -> Job | Generation:
-        """POST fetch/{id}; idempotent, so retried on any transient failure."""
+    ) -> Coroutine[Any, Any, Job | Generation]:
+        """POST fetch/{id}; idempotent, so retried on any transient failure. (A plain
+        function returning the call's coroutine: one frame less on every poll.)"""
         url = self.base_url + C.FETCH_PATH.format(id=job_id)
-        return await self._call("fetch", url, {}, request=request, job_id=job_id)
+        return self._call("fetch", url, {}, request=request, job_id=job_id)
 
     async def _call(
         self,
@@ -364,19 +365,29 @@ class Transport:
                     watch.refused()
                 raise
 
-        return await self.with_retries(op, attempt)
+        if op == "submit" and self.gate.remaining > 0:
+            await self.gate.wait()
+        try:
+            return await attempt()
+        except _AttemptFailed as failed:
+            return await self._retry(op, attempt, failed.outcome)
 
     async def with_retries(self, op: Operation, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run *attempt* under the retry policy; it raises ``_Attempt`` wrappers or errors."""
+        if op == "submit" and self.gate.remaining > 0:
+            await self.gate.wait()
+        try:
+            return await attempt()
+        except _AttemptFailed as failed:
+            return await self._retry(op, attempt, failed.outcome)
+
+    async def _retry(
+        self, op: Operation, attempt: Callable[[], Awaitable[T]], outcome: _Outcome
+    ) -> T:
+        """After a failed first attempt: retry under the policy, or raise its error."""
         retries = 0
         rate_waited = 0.0
         while True:
-            if op == "submit":
-                await self.gate.wait()
-            try:
-                return await attempt()
-            except _AttemptFailed as failed:
-                outcome = failed.outcome
             if not retry_decision(op, outcome, self.retry):
                 raise outcome.error
             if isinstance(outcome.error, RateLimitError):
@@ -395,20 +406,31 @@ class Transport:
                     self.gate.pause(wait)
                     if self.on_rate_limit is not None:
                         self.on_rate_limit(wait)
-                    continue  # the gate holds every submit, this one included
-                await anyio.sleep(wait)
-                continue
-            if retries >= self.retry.max_retries:
-                raise outcome.error
-            delay = self.retry.backoff(retries)
-            if outcome.retry_after is not None and not _testing:
-                delay = max(delay, min(outcome.retry_after, self.retry.max_retry_after))
-            retries += 1
-            self.counters["retries"] += 1
-            log.debug(
-                "%s: retry %d in %.2fs after %s", op, retries, delay, type(outcome.error).__name__
-            )
-            await anyio.sleep(delay)
+                    # the gate holds every submit, this one included
+                else:
+                    await anyio.sleep(wait)
+            else:
+                if retries >= self.retry.max_retries:
+                    raise outcome.error
+                delay = self.retry.backoff(retries)
+                if outcome.retry_after is not None and not _testing:
+                    delay = max(delay, min(outcome.retry_after, self.retry.max_retry_after))
+                retries += 1
+                self.counters["retries"] += 1
+                log.debug(
+                    "%s: retry %d in %.2fs after %s",
+                    op,
+                    retries,
+                    delay,
+                    type(outcome.error).__name__,
+                )
+                await anyio.sleep(delay)
+            if op == "submit":
+                await self.gate.wait()
+            try:
+                return await attempt()
+            except _AttemptFailed as failed:
+                outcome = failed.outcome
 
     async def _post_once(
         self,
