@@ -365,12 +365,7 @@ class Transport:
                     watch.refused()
                 raise
 
-        if op == "submit" and self.gate.remaining > 0:
-            await self.gate.wait()
-        try:
-            return await attempt()
-        except _AttemptFailed as failed:
-            return await self._retry(op, attempt, failed.outcome)
+        return await self.with_retries(op, attempt)
 
     async def with_retries(self, op: Operation, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run *attempt* under the retry policy; it raises ``_Attempt`` wrappers or errors."""
