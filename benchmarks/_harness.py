@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import os
@@ -128,13 +129,23 @@ def run_client(
     size: int,
     extra: Sequence[str] = (),
     keep_dir: Path | None = None,
+    scratch: Path | None = None,
 ) -> dict[str, Any]:
     """Run one measured client in its own process and verify what it wrote.
 
     Returns the child's own report plus ``peak_rss_mb``, ``cpu_total_s`` (rusage of the
     whole child process from ``os.wait4``) and the image check of :func:`verify_images`.
+
+    With *scratch*, the run's folder is made there and left for the caller to delete once
+    every run is over: deleting thousands of files right before the next client runs makes
+    that client's file creations slower (ext4 skips recently freed inodes), which shows up
+    as system CPU time of whichever client happens to run next.
     """
-    with tempfile.TemporaryDirectory(prefix=f"bench-{client}-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if scratch is None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"bench-{client}-"))
+        else:
+            tmp = tempfile.mkdtemp(prefix=f"{client}-", dir=scratch)
         dest = Path(tmp) / "out"
         report_path = Path(tmp) / "report.json"
         cmd = [
