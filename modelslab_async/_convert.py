@@ -352,6 +352,11 @@ def request_to_json(request: Text2ImgRequest) -> dict[str, Any]:
 
 def decode_json(body: bytes, *, status_code: int | None = None, url: str | None = None) -> Any:
     """Decode a JSON answer; an HTML page or malformed JSON raises ResponseFormatError."""
+    if body[:1] == b"{":  # the usual answer: no copy for the HTML check
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            pass  # reported below
     text = body.lstrip()
     if text[:1] == b"<" or text[:15].lower().startswith(b"<!doctype"):
         raise ResponseFormatError(

@@ -395,7 +395,7 @@ class _Tracked:
     last_check: float
     deadline: float | None
     resolved: bool = False
-    event: asyncio.Event | None = None  # made by the first waiter
+    wakers: list[asyncio.Future[None]] = attrs.field(factory=list)  # one per waiter
     result: Generation | None = None
     error: ModelsLabError | None = None
     waiters: int = 0
@@ -512,15 +512,19 @@ class Poller:
         entry.waiters += 1
         try:
             if not entry.resolved:
-                if entry.event is None:
-                    entry.event = asyncio.Event()
-                if timeout is None:
-                    await entry.event.wait()
-                else:
-                    with anyio.move_on_after(timeout) as scope:
-                        await entry.event.wait()
-                    if scope.cancelled_caught and not entry.resolved:
-                        raise GenerationTimeout(entry.job_id, timeout)
+                waker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                entry.wakers.append(waker)
+                try:
+                    if timeout is None:
+                        await waker
+                    else:
+                        with anyio.move_on_after(timeout) as scope:
+                            await waker
+                        if scope.cancelled_caught and not entry.resolved:
+                            raise GenerationTimeout(entry.job_id, timeout)
+                finally:
+                    if not entry.resolved:
+                        entry.wakers.remove(waker)
         finally:
             entry.waiters -= 1
             if not entry.resolved and entry.waiters == 0:
@@ -723,8 +727,9 @@ class Poller:
         if self._tracked.get(entry.job_id) is entry:
             del self._tracked[entry.job_id]
         entry.resolved = True
-        if entry.event is not None:
-            entry.event.set()
+        for waker in entry.wakers:
+            _set_done(waker)
+        entry.wakers.clear()
         if entry.on_resolved is not None:
             entry.on_resolved(entry)
 
