@@ -27,7 +27,17 @@ from modelslab_async import (
     Text2ImgRequest,
 )
 from modelslab_async._convert import (
+    _META_FIELDS,
+    _SDK,
+    _fast,
+    _fast_generation,
+    _fast_job,
+    _fast_job_no_meta,
+    _fast_meta,
+    _structure_meta,
+    _structure_meta_slow,
     api_message,
+    converter,
     decode_json,
     error_from_answer,
     parse_answer,
@@ -877,3 +887,75 @@ def test_batch_result_is_ok_without_an_error_and_holds_paths() -> None:
     assert ok.files == (Path("out/1-0.png"),)
     failed = BatchResult(index=4, request=None, error=GenerationFailed(1))
     assert not failed.ok
+
+
+# --- the fast paths build exactly what the converter builds ---------------------------------
+
+
+def _typed(obj: Any) -> str:
+    """A type-aware picture of an attrs object (1, 1.0 and True differ)."""
+    return repr(attrs.asdict(obj, recurse=True))
+
+
+def _both_ways(data: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """(fast, converter) results for an answer, for each fast path that took it."""
+    status = str(data.get("status", "")).strip().lower()
+    pairs: list[tuple[Any, Any]] = []
+    if status == "success":
+        fast = _fast(_fast_generation, data, {"request": None})
+        if fast is not None:
+            pairs.append((fast, converter.structure({**data, _SDK + "request": None}, Generation)))
+    elif status == "processing":
+        given = {"id": 7, "message": "m", "request": None, "submitted_at": 1.0}
+        sdk = {"id": 7, _SDK + "message": "m", _SDK + "request": None, _SDK + "submitted_at": 1.0}
+        for fn, keep_meta in ((_fast_job, True), (_fast_job_no_meta, False)):
+            fast = _fast(fn, data, dict(given))
+            if fast is not None:
+                payload = {**data, **sdk}
+                if not keep_meta:
+                    payload.pop("meta", None)
+                pairs.append((fast, converter.structure(payload, Job)))
+    return pairs
+
+
+@pytest.mark.parametrize("name", SUCCESS + PROCESSING)
+def test_the_fast_path_takes_every_recorded_answer_and_agrees(name: str) -> None:
+    pairs = _both_ways(load_fixture(name))
+    assert pairs  # taken, not left to the converter
+    for fast, slow in pairs:
+        assert _typed(fast) == _typed(slow)
+
+
+@settings(max_examples=400)
+@given(perturbed_fixture())
+def test_the_fast_paths_agree_with_the_converter_on_quirky_answers(
+    case: tuple[str, dict[str, Any], dict[str, Any]],
+) -> None:
+    _, data, _ = case
+    for fast, slow in _both_ways(data):
+        assert _typed(fast) == _typed(slow)
+
+
+_meta_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.sampled_from(["yes", "no", "Yes", " no", "", "0", "12", " 12 ", "²", "x", "1.5"]),
+    st.text(max_size=5),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=400)
+@given(
+    st.dictionaries(
+        st.sampled_from([*sorted(_META_FIELDS), "W", "H", "steps", "clip_skip", "outdir"]),
+        _meta_values,
+    )
+)
+def test_the_fast_meta_agrees_with_the_converter(meta: dict[str, Any]) -> None:
+    fast = _fast(_fast_meta, meta, {})
+    if fast is not None and not (meta.keys() & {"W", "H", "steps"}):
+        assert _typed(fast) == _typed(_structure_meta_slow(meta))
+    assert _typed(_structure_meta(meta)) == _typed(_structure_meta_slow(meta))
