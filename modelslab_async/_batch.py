@@ -241,9 +241,11 @@ class _Batch:
         finally:
             self._workers -= 1
 
-    async def _record(self, record: ManifestRecord) -> None:
+    async def _record(self, **fields: Any) -> None:
+        """Append the record made of *fields* to the manifest; without one, nothing (and
+        no record object) is made."""
         if self.manifest is not None:
-            await self.manifest.append(record)
+            await self.manifest.append(ManifestRecord(**fields))
 
     async def _process(self, index: int, raw: RequestLike) -> BatchResult:
         from ._client import coerce_request
@@ -252,9 +254,7 @@ class _Batch:
             request = raw if type(raw) is Text2ImgRequest else coerce_request(raw, {})
         except ModelsLabError as exc:
             self.queued -= 1
-            await self._record(
-                ManifestRecord(index=index, state="failed", fingerprint="", error=error_record(exc))
-            )
+            await self._record(index=index, state="failed", fingerprint="", error=error_record(exc))
             return BatchResult(index=index, request=None, error=exc)
         wire = request_to_wire(request)
         fp = wire_fingerprint(wire)
@@ -352,17 +352,14 @@ class _Batch:
                         raise
                     self.submitted += 1
                     job_id = answer.id
-                    if self.manifest is not None:
-                        await self._record(
-                            ManifestRecord(
-                                index=index,
-                                state="submitted",
-                                fingerprint=fp,
-                                job_id=answer.id,
-                                attempt=attempt,
-                                track_id=sent.track_id,
-                            )
-                        )
+                    await self._record(
+                        index=index,
+                        state="submitted",
+                        fingerprint=fp,
+                        job_id=answer.id,
+                        attempt=attempt,
+                        track_id=sent.track_id,
+                    )
                     self._changed()
                 generation = await self.client.wait(answer)
                 if generation.id is None and job_id is not None:
@@ -376,17 +373,14 @@ class _Batch:
             except ModelsLabError as exc:
                 return await self._failed(index, request, fp, exc, job_id, attempt)
             files = tuple(img.path for img in images if img.path is not None)
-            if self.manifest is not None:
-                await self._record(
-                    ManifestRecord(
-                        index=index,
-                        state="done",
-                        fingerprint=fp,
-                        job_id=generation.id,
-                        files=tuple(str(f) for f in files),
-                        attempt=attempt,
-                    )
-                )
+            await self._record(
+                index=index,
+                state="done",
+                fingerprint=fp,
+                job_id=generation.id,
+                files=tuple(str(f) for f in files),
+                attempt=attempt,
+            )
             return BatchResult(
                 index=index,
                 request=request,
@@ -429,14 +423,12 @@ class _Batch:
     ) -> BatchResult:
         job_id = job_id if job_id is not None else getattr(error, "job_id", None)
         await self._record(
-            ManifestRecord(
-                index=index,
-                state="failed",
-                fingerprint=fp,
-                job_id=job_id,
-                error=error_record(error),
-                attempt=attempt,
-            )
+            index=index,
+            state="failed",
+            fingerprint=fp,
+            job_id=job_id,
+            error=error_record(error),
+            attempt=attempt,
         )
         return BatchResult(index=index, request=request, error=error, job_id=job_id)
 
@@ -489,9 +481,12 @@ class _WriteAhead(SubmitWatch):
         self, batch: _Batch, index: int, fp: str, attempt: int, track_id: str | int | None
     ) -> None:
         self._batch = batch
-        self._intent = ManifestRecord(
-            index=index, state="submitted", fingerprint=fp, attempt=attempt, track_id=track_id
-        )
+        self._item: dict[str, Any] = {
+            "index": index,
+            "fingerprint": fp,
+            "attempt": attempt,
+            "track_id": track_id,
+        }
         self._written = False
         self._last_refused = False
 
@@ -499,24 +494,18 @@ class _WriteAhead(SubmitWatch):
         self._last_refused = False
         if not self._written:
             self._written = True
-            await self._batch._record(self._intent)
+            await self._batch._record(state="submitted", **self._item)
 
     def refused(self) -> None:
         self._last_refused = True
 
     async def stopped(self) -> None:
         if self._written and self._last_refused:
-            intent = self._intent
             with anyio.CancelScope(shield=True):
                 await self._batch._record(
-                    ManifestRecord(
-                        index=intent.index,
-                        state="failed",
-                        fingerprint=intent.fingerprint,
-                        attempt=intent.attempt,
-                        track_id=intent.track_id,
-                        error={"type": NOT_SUBMITTED, "message": "stopped before it was sent"},
-                    )
+                    state="failed",
+                    error={"type": NOT_SUBMITTED, "message": "stopped before it was sent"},
+                    **self._item,
                 )
 
 
