@@ -254,14 +254,6 @@ def _fast(fn: Callable[[Mapping[str, Any], dict[str, Any]], Any], data: Any, giv
         return None
 
 
-def _fast_links(value: Any) -> tuple[str, ...]:
-    return _to_links(value)
-
-
-def _fast_meta_or_none(value: Any) -> Meta | None:
-    return None if not value else _structure_meta(value)
-
-
 # --- meta ----------------------------------------------------------------------------------
 
 _META_ALIASES = {"W": "width", "H": "height", "steps": "num_inference_steps"}
@@ -305,7 +297,13 @@ def _structure_meta_slow(value: Mapping[str, Any]) -> Meta:
 
 _fast_meta = _fast_structurer(Meta, extra="extra")
 converter.register_structure_hook(Meta, _structure_meta)
-_register_exact(Meta | None, lambda v, _: None if not v else _structure_meta(v))
+
+
+def _meta_or_none(value: Any, _: Any = None) -> Meta | None:
+    return None if not value else _structure_meta(value)
+
+
+_register_exact(Meta | None, _meta_or_none)
 
 # What the SDK itself adds to an answer (the request, the message in either spelling, the
 # arrival time) travels in keys no answer can have (a leading space), so that an answer is
@@ -334,26 +332,23 @@ converter.register_structure_hook(
     ),
 )
 
-_fast_generation = _fast_structurer(
-    Generation,
-    renames={"generation_time": "generationTime"},
-    omit=frozenset({"images", "request"}),
-    hooks={"output": "_fast_links", "proxy_links": "_fast_links", "meta": "_fast_meta_or_none"},
-)
-_JOB_HOOKS = {"future_links": "_fast_links", "proxy_links": "_fast_links"}
-_JOB_GIVEN = frozenset({"id", "request", "message", "submitted_at"})
-_fast_job = _fast_structurer(
-    Job,
-    renames={"fetch_url": "fetch_result"},
-    omit=_JOB_GIVEN,
-    hooks={**_JOB_HOOKS, "meta": "_fast_meta_or_none"},
-)
-_fast_job_no_meta = _fast_structurer(
-    Job, renames={"fetch_url": "fetch_result"}, omit=_JOB_GIVEN | {"meta"}, hooks=_JOB_HOOKS
-)
-
 #: Python attribute -> wire name, so error paths point into the answer as sent.
 _WIRE_NAMES = {"generation_time": "generationTime", "fetch_url": "fetch_result"}
+
+_fast_generation = _fast_structurer(
+    Generation,
+    renames=_WIRE_NAMES,
+    omit=frozenset({"images", "request"}),
+    hooks={"output": "_to_links", "proxy_links": "_to_links", "meta": "_meta_or_none"},
+)
+_JOB_HOOKS = {"future_links": "_to_links", "proxy_links": "_to_links"}
+_JOB_GIVEN = frozenset({"id", "request", "message", "submitted_at"})
+_fast_job = _fast_structurer(
+    Job, renames=_WIRE_NAMES, omit=_JOB_GIVEN, hooks={**_JOB_HOOKS, "meta": "_meta_or_none"}
+)
+_fast_job_no_meta = _fast_structurer(
+    Job, renames=_WIRE_NAMES, omit=_JOB_GIVEN | {"meta"}, hooks=_JOB_HOOKS
+)
 
 
 def _wire_path(where: str) -> str:
