@@ -369,7 +369,7 @@ class Transport:
 
     async def with_retries(self, op: Operation, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run *attempt* under the retry policy; it raises ``_Attempt`` wrappers or errors."""
-        if op == "submit" and self.gate.remaining > 0:
+        if op == "submit":
             await self.gate.wait()
         try:
             return await attempt()
