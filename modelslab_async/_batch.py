@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 import attrs
 
+from ._client import coerce_request
 from ._convert import request_to_wire, wire_fingerprint
 from ._download import remove_stale_parts, verify_image_file
 from ._errors import (
@@ -237,7 +237,7 @@ class _Batch:
                 self._changed()
                 await self.results.put(result)
                 # Let the consumer run first: it has the result before the next read.
-                await anyio.lowlevel.checkpoint()
+                await asyncio.sleep(0)
         finally:
             self._workers -= 1
 
@@ -248,8 +248,6 @@ class _Batch:
             await self.manifest.append(ManifestRecord(**fields))
 
     async def _process(self, index: int, raw: RequestLike) -> BatchResult:
-        from ._client import coerce_request
-
         try:
             request = raw if type(raw) is Text2ImgRequest else coerce_request(raw, {})
         except ModelsLabError as exc:

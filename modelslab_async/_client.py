@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import time
@@ -91,10 +92,16 @@ class InFlightLimiter:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self, token: object) -> None:
-        """Take a slot for *token*, waiting behind earlier waiters when none is free."""
+    def try_acquire(self, token: object) -> bool:
+        """Take a slot for *token* if one is free and nobody waits for one; else False."""
         if len(self._holders) < self._limit and not self._waiters:
             self._holders.add(token)
+            return True
+        return False
+
+    async def acquire(self, token: object) -> None:
+        """Take a slot for *token*, waiting behind earlier waiters when none is free."""
+        if self.try_acquire(token):
             return
         future = asyncio.get_running_loop().create_future()
         self._waiters.append((token, future))
@@ -331,7 +338,8 @@ class Client:
         else:
             receiver = None
         token = object()
-        await self._limiter.acquire(token)
+        if not self._limiter.try_acquire(token):  # (no coroutine when a slot is free)
+            await self._limiter.acquire(token)
         try:
             answer = await self._transport.submit(req, wire, watch=watch, job_meta=job_meta)
         except BaseException:
@@ -354,20 +362,27 @@ class Client:
             first_check=first_check,
         )
         if receiver is not None and req.track_id is not None:
-            job_id = answer.id
-            receiver.expect(req.track_id, lambda: self._poller.wake(job_id))
+            # (A partial: a lambda here would make a cell of self on every submit.)
+            receiver.expect(req.track_id, functools.partial(self._poller.wake, answer.id))
         return answer
 
     def _releaser(
         self, token: object, receiver: WebhookReceiver | None, track_id: str | int | None
     ) -> Callable[[_Tracked], None]:
-        def release(entry: _Tracked) -> None:
-            self._limiter.release(token)
-            if receiver is not None and track_id is not None:
-                receiver.forget(track_id)
-            self._keep_finished(entry)
+        # A partial, not a closure: one object per job instead of a function and its cells.
+        return functools.partial(self._release, token, receiver, track_id)
 
-        return release
+    def _release(
+        self,
+        token: object,
+        receiver: WebhookReceiver | None,
+        track_id: str | int | None,
+        entry: _Tracked,
+    ) -> None:
+        self._limiter.release(token)
+        if receiver is not None and track_id is not None:
+            receiver.forget(track_id)
+        self._keep_finished(entry)
 
     async def webhooks(
         self,

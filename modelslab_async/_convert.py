@@ -142,14 +142,23 @@ def _to_job_id(value: Any, _: Any = None) -> JobId | None:
     raise ValueError(f"not an id: {value!r}")
 
 
+def _to_links_of(value: list[Any] | tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple(str(v) for v in value if isinstance(v, str) and v)
+
+
 def _to_links(value: Any, _: Any = None) -> tuple[str, ...]:
     """``output``/``future_links``: a list of URLs, ``""``, null, or a single URL string."""
-    if value is None or value == "":
-        return ()
+    if not value:  # null, "", []
+        if value is None or value == "" or isinstance(value, list | tuple):
+            return ()
+        raise ValueError(f"not a list of URLs: {value!r}")
+    if type(value) is list and len(value) == 1:  # one image, the usual answer
+        (link,) = value
+        return (link,) if type(link) is str and link else _to_links_of(value)
     if isinstance(value, str):
         return (value,)
     if isinstance(value, list | tuple):
-        return tuple(str(v) for v in value if isinstance(v, str) and v)
+        return _to_links_of(value)
     raise ValueError(f"not a list of URLs: {value!r}")
 
 
@@ -201,6 +210,11 @@ _FAST_CHECKS: dict[Any, tuple[str, tuple[str, str] | None]] = {
 }
 
 
+def _on(name: str, code: str) -> str:
+    """A check of ``_FAST_CHECKS`` (written on ``x``) applied to the variable *name*."""
+    return re.sub(r"\bx\b", name, code)
+
+
 def _fast_structurer(
     cls: type,
     *,
@@ -210,35 +224,51 @@ def _fast_structurer(
     extra: str | None = None,
 ) -> Callable[[Mapping[str, Any], dict[str, Any]], Any]:
     """``fast(data, given)``: *cls* from the answer fields *data* plus the attributes
-    *given* (set by the SDK), or None when the converter has to do it (see above).
-    *hooks* names a function for fields of other types (``f(value)``, which may raise
-    ValueError); *extra* collects the keys of no field (the ``meta`` object)."""
+    *given* (set by the SDK; they win over the answer's), or None when the converter has
+    to do it (see above). *hooks* names a function for fields of other types (``f(value)``,
+    which may raise ValueError); *extra* collects the keys of no field (the ``meta``
+    object). A missing field reads as its default, which every check passes and every hook
+    maps to the default again, so it is passed as the class would set it."""
     renames = renames or {}
     hooks = hooks or {}
-    lines = ["def fast(data, given):", " get = data.get", " kw = {}"]
+    lines = ["def fast(data, given):", " get = data.get"]
     names = []
-    for field in attrs.fields(attrs.resolve_types(cls)):
+    args = []
+    defaults: dict[str, Any] = {}
+    for i, field in enumerate(attrs.fields(attrs.resolve_types(cls))):
         if field.name in omit or field.name == extra:
             continue
+        if isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+            raise TypeError(f"{cls.__name__}.{field.name}: a factory default has no fast path")
         wire = renames.get(field.name, field.name)
         names.append(wire)
-        lines += [f" x = get({wire!r}, _MISSING)", " if x is not _MISSING:"]
+        default = "_MISSING" if field.default is attrs.NOTHING else f"_d{i}"
+        defaults[f"_d{i}"] = field.default
+        value = f"v{i}"
+        args.append(f"{field.name!r}: {value}")
+        lines.append(f" {value} = get({wire!r}, {default})")
         if field.name in hooks:
-            lines.append(f"  kw[{field.name!r}] = {hooks[field.name]}(x)")
+            lines.append(f" {value} = {hooks[field.name]}({value})")
             continue
         keep, widen = _FAST_CHECKS[field.type]
-        lines += [f"  if {keep}:", f"   kw[{field.name!r}] = x"]
-        if widen is not None:
-            lines += [f"  elif {widen[0]}:", f"   kw[{field.name!r}] = {widen[1]}"]
-        lines += ["  else:", "   return None"]
+        keep = _on(value, keep)
+        if widen is None:
+            lines += [f" if not ({keep}):", "  return None"]
+        else:
+            test, conversion = _on(value, widen[0]), _on(value, widen[1])
+            lines += [f" if not ({keep}):", f"  if {test}:", f"   {value} = {conversion}"]
+            lines += ["  else:", "   return None"]
     if extra is not None:
-        lines.append(f" kw[{extra!r}] = {{k: v for k, v in data.items() if k not in _KNOWN}}")
-    lines += [" kw.update(given)", " return _cls(**kw)"]
+        # A copy without the known keys keeps the answer's order of the others.
+        lines += [f" {extra} = dict(data)", " for k in _KNOWN & data.keys():", f"  del {extra}[k]"]
+        args.append(f"{extra!r}: {extra}")
+    lines.append(f" return _cls(**{{{', '.join(args)}, **given}})")
     namespace: dict[str, Any] = {
         "_MISSING": _MISSING,
         "_BOOL_WORDS": _BOOL_WORDS,
         "_cls": cls,
         "_KNOWN": frozenset(names),
+        **defaults,
         **{name: globals()[name] for name in set(hooks.values())},
     }
     exec(compile("\n".join(lines), f"<fast structure {cls.__name__}>", "exec"), namespace)
@@ -445,10 +475,14 @@ def fingerprint(request: Text2ImgRequest) -> str:
     return wire_fingerprint(request_to_wire(request))
 
 
+#: ``json.dumps(..., sort_keys=True, separators=(",", ":"))``, without building an encoder
+#: per call.
+_canonical_json = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
 def wire_fingerprint(wire: Mapping[str, Any]) -> str:
     """:func:`fingerprint` of a body :func:`request_to_wire` made."""
-    canonical = json.dumps(wire, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(_canonical_json(wire).encode()).hexdigest()
 
 
 def request_to_json(request: Text2ImgRequest) -> dict[str, Any]:

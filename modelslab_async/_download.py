@@ -55,6 +55,18 @@ def sniff(head: bytes) -> tuple[str, str] | None:
     return None
 
 
+def _link_is_base64(url: str, job_id: JobId | None) -> bool:
+    """Whether *url* is a ``.base64`` link; a link that is not http(s) is refused."""
+    if url.startswith(("https://", "http://")) and "?" not in url and "#" not in url:
+        return url.endswith(".base64")  # the usual link: no urlsplit needed
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise DownloadError(
+            f"refusing to download a non-http(s) link: {url}", url=url, job_id=job_id
+        )
+    return parts.path.endswith(".base64")
+
+
 @attrs.frozen(kw_only=True)
 class DownloadPolicy:
     """Limits of a download: ``max_bytes`` per image, ``not_ready_timeout`` seconds of
@@ -125,6 +137,12 @@ class Downloader:
                 self._made[dest] = folder
         if len(links) == 1:  # the common case: no task group needed
             return [await self._one(generation, 0, folder)]
+        return await self._many(generation, folder)
+
+    async def _many(self, generation: Generation, folder: Path | None) -> list[GeneratedImage]:
+        """Several images, at most ``policy.concurrency`` at once. (Apart from
+        :meth:`download`, whose every call would otherwise make the closure's cells.)"""
+        links = generation.output
         results: list[GeneratedImage | None] = [None] * len(links)
         errors: list[ModelsLabError] = []
         limiter = anyio.CapacityLimiter(max(1, self.policy.concurrency))
@@ -144,23 +162,29 @@ class Downloader:
         return [r for r in results if r is not None]
 
     async def _one(self, generation: Generation, index: int, folder: Path | None) -> GeneratedImage:
-        primary = generation.output[index]
-        candidates = [primary]
-        if index < len(generation.proxy_links) and generation.proxy_links[index] != primary:
-            candidates.append(generation.proxy_links[index])
-        last: ModelsLabError | None = None
-        for url in candidates:
+        try:
+            return await self._from_url(generation, index, generation.output[index], folder)
+        except ModelsLabError as exc:
+            return await self._mirror(generation, index, folder, exc)
+
+    async def _mirror(
+        self, generation: Generation, index: int, folder: Path | None, last: ModelsLabError
+    ) -> GeneratedImage:
+        """After the primary link failed with *last*: its mirror, if it has a distinct one."""
+        tried = generation.output[index]
+        proxies = generation.proxy_links
+        if index < len(proxies) and proxies[index] != tried:
+            tried = proxies[index]
             try:
-                return await self._from_url(generation, index, url, folder)
+                return await self._from_url(generation, index, tried, folder)
             except ModelsLabError as exc:
                 last = exc
-        assert last is not None
         if isinstance(last, DownloadError):
             raise last
         # Retries used up (cut-off bodies, resets, 5xx): the image could not be had.
         raise DownloadError(
             f"image {index}: {last}",
-            url=getattr(last, "url", None) or candidates[-1],
+            url=getattr(last, "url", None) or tried,
             job_id=generation.id,
             status_code=getattr(last, "status_code", None),
         ) from last
@@ -169,14 +193,28 @@ class Downloader:
         self, generation: Generation, index: int, url: str, folder: Path | None
     ) -> GeneratedImage:
         job_id = generation.id
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https"):
-            raise DownloadError(
-                f"refusing to download a non-http(s) link: {url}", url=url, job_id=job_id
-            )
-        is_b64 = parts.path.endswith(".base64")
+        is_b64 = _link_is_base64(url, job_id)
         stem = file_stem(generation, index)
         started = time.monotonic()
+        # The first try without the retry machinery (it is needed only after a failure).
+        try:
+            return await self._get(url, job_id, index, stem, folder, is_b64)
+        except (_AttemptFailed, _NotReady) as exc:
+            return await self._after_failure(exc, started, url, job_id, index, stem, folder, is_b64)
+
+    async def _after_failure(
+        self,
+        first: _AttemptFailed | _NotReady,
+        started: float,
+        url: str,
+        job_id: JobId | None,
+        index: int,
+        stem: str,
+        folder: Path | None,
+        is_b64: bool,
+    ) -> GeneratedImage:
+        """After a failed first try: 404/403 are retried with backoff up to
+        ``not_ready_timeout`` from *started*; other failures under the transport's policy."""
         not_ready = 0
 
         async def wait_until_ready(exc: _NotReady) -> None:
@@ -200,13 +238,9 @@ class Downloader:
                 except _NotReady as exc:
                     await wait_until_ready(exc)
 
-        # The first try without the retry machinery (it is needed only after a failure).
-        try:
-            return await self._get(url, job_id, index, stem, folder, is_b64)
-        except _AttemptFailed as failed:
-            return await self.transport._retry("download", attempt, failed.outcome)
-        except _NotReady as exc:
-            await wait_until_ready(exc)
+        if isinstance(first, _AttemptFailed):
+            return await self.transport._retry("download", attempt, first.outcome)
+        await wait_until_ready(first)
         return await self.transport.with_retries("download", attempt)
 
     async def _get(
@@ -243,12 +277,13 @@ class Downloader:
                         job_id=job_id,
                     )
                 buffer: bytes | bytearray
+                kind: tuple[str, str] | None = None
                 if expected is not None and expected < self.policy.chunk_size:
                     # Known to fit one write (every image the API makes): one read.
                     buffer = await resp.read()
                     received = len(buffer)
                     head, tail = buffer[:16], buffer[-16:]
-                    if buffer and not is_b64 and sniff(head) is None:
+                    if buffer and not is_b64 and (kind := sniff(head)) is None:
                         _not_an_image(head, resp.status, url, job_id)
                 else:
                     buffer = acc = bytearray()
@@ -307,7 +342,8 @@ class Downloader:
                 )
         else:
             data = bytes(buffer)
-            kind = sniff(head)
+            if kind is None:
+                kind = sniff(head)
             if kind is None:  # empty body
                 raise _AttemptFailed(
                     _Outcome(

@@ -157,7 +157,9 @@ def _density(
     intervals (jobs already ready at their first check) follow the shape the narrow ones
     show instead of smearing mass evenly.
     """
-    spans: list[tuple[int, int]] = []
+    # Samples on the same grid cells weigh alike: the EM runs over distinct spans, each
+    # with its count (a history of hundreds of jobs falls on a few dozen of them).
+    spans: dict[tuple[int, int], int] = {}
     top = n - 1
     ceil, floor = math.ceil, math.floor
     for a, b in intervals:
@@ -169,34 +171,35 @@ def _density(
             i0 = 0 if i0 < 0 else i1 if i0 > i1 else i0
         else:
             i0 = i1
-        spans.append((i0, i1))
-    weight = 1.0 / len(spans)
+        spans[i0, i1] = spans.get((i0, i1), 0) + 1
+    weight = 1.0 / len(intervals)
     mass = [0.0] * n
     # Start from the narrow intervals alone: the wide ones then follow their shape.
     narrow = max(2, int(1.0 / step))
-    seeds = [(i0, i1) for i0, i1 in spans if i1 - i0 <= narrow] or spans
-    for i0, i1 in seeds:
-        share = 1.0 / (i1 - i0 + 1)
+    seeds = {span: k for span, k in spans.items() if span[1] - span[0] <= narrow} or spans
+    for (i0, i1), k in seeds.items():
+        share = k / (i1 - i0 + 1)
         for i in range(i0, i1 + 1):
             mass[i] += share
     if len(seeds) == len(spans):
         return [m * weight for m in mass]
     for _ in range(rounds):
         new = [0.0] * n
-        for i0, i1 in spans:
+        for (i0, i1), k in spans.items():
+            w = weight * k
             if i0 == i1:
-                new[i0] += weight
+                new[i0] += w
                 continue
             seg = mass[i0 : i1 + 1]
             total = sum(seg)
             if total <= 0:
-                share = weight / (i1 - i0 + 1)
+                share = w / (i1 - i0 + 1)
                 for i in range(i0, i1 + 1):
                     new[i] += share
             else:
-                scale = weight / total
-                for k, m in enumerate(seg):
-                    new[i0 + k] += m * scale
+                scale = w / total
+                for j, m in enumerate(seg):
+                    new[i0 + j] += m * scale
         mass = new
     return mass
 
@@ -313,6 +316,21 @@ class ScheduleModel:
         typical = waits[len(waits) // 2]
         return max(0.005, min(policy.fetch_cost, policy.relative_cost * typical))
 
+    def _pooled(self, kind: int) -> int:
+        """Samples of *kind* in all buckets (a method for the same reason as _borrowed)."""
+        return sum(len(h) for (k, _), h in self._samples.items() if k == kind)
+
+    def _borrowed(self, kind: int, eta: float) -> list[tuple[float, float]]:
+        """Every sample of *kind*, stretched to *eta*. (Apart from :meth:`offsets`, whose
+        every call would otherwise make cells of the names this comprehension reads.)"""
+        return [
+            (lo * f, hi * f)
+            for (k, _), other in self._samples.items()
+            if k == kind
+            for lo, hi, seen in other
+            for f in (_scale(seen, eta),)
+        ]
+
     @property
     def total_samples(self) -> int:
         return sum(len(h) for h in self._samples.values())
@@ -330,7 +348,7 @@ class ScheduleModel:
         if history is not None and len(history) >= policy.min_samples:
             added = self._added.get(key, 0)
             cached = self._cache.get(key)
-            if cached is None or added - cached[0] >= max(8, len(history) // 8):
+            if cached is None or added - cached[0] >= max(8, len(history) // 4):
                 intervals = [(lo, hi) for lo, hi, _ in history]
                 offsets = optimal_offsets(
                     intervals, fetch_cost=self._cost(kind, history), max_gap=policy.max_gap
@@ -338,22 +356,14 @@ class ScheduleModel:
                 cached = (added, offsets)
                 self._cache[key] = cached
             return cached[1]
-        pooled = sum(len(h) for (k, _), h in self._samples.items() if k == kind)
-        if kind == SUBMIT and pooled >= policy.min_samples:
+        if kind == SUBMIT and self._pooled(kind) >= policy.min_samples:
             # Re-planned as the kind's history grows (cheaply: every 8 new samples).
             stamp = self._kind_added.get(kind, 0) // 8
             cache_key = (kind, 10_000 + round(eta * 4))
             cached = self._cache.get(cache_key)
             if cached is None or cached[0] != stamp:
-                borrowed = [
-                    (lo * f, hi * f)
-                    for (k, _), other in self._samples.items()
-                    if k == kind
-                    for lo, hi, seen in other
-                    for f in (_scale(seen, eta),)
-                ]
                 offsets = optimal_offsets(
-                    borrowed[-policy.history :],
+                    self._borrowed(kind, eta)[-policy.history :],
                     fetch_cost=policy.fetch_cost,
                     max_gap=policy.max_gap,
                 )

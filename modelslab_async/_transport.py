@@ -42,6 +42,7 @@ import anyio
 import attrs
 
 from . import _constants as C
+from ._alloc import settle_allocator
 from ._convert import parse_answer
 from ._errors import (
     AmbiguousSubmitError,
@@ -281,6 +282,7 @@ class Transport:
             raise ClientStateError("the client is already open")
         if self._closed:
             raise ClientStateError("the client was closed; create a new one")
+        settle_allocator()
         connector = aiohttp.TCPConnector(
             limit=self.pool_limit, limit_per_host=self.pool_limit_per_host, ttl_dns_cache=300
         )
@@ -310,26 +312,25 @@ class Transport:
 
     # --- API calls ---------------------------------------------------------------------
 
-    async def submit(
+    def submit(
         self,
         request: Text2ImgRequest,
         wire: Mapping[str, Any],
         *,
         watch: SubmitWatch | None = None,
         job_meta: bool = True,
-    ) -> Job | Generation:
+    ) -> Coroutine[Any, Any, Job | Generation]:
         """POST text2img; retried only where the job surely was not created.
 
         *watch* is told before each attempt goes on the wire (after any rate-limit pause)
         and after each attempt that surely created no job: the batch records the submit
         ahead, and takes the record back when a stop finds the job surely not created.
         ``job_meta=False`` leaves a processing answer's ``meta`` out of the :class:`Job`
-        (for a caller that never shows the job to anyone).
+        (for a caller that never shows the job to anyone). (A plain function returning the
+        call's coroutine, as :meth:`fetch`.)
         """
         url = self.base_url + C.SUBMIT_PATH
-        return await self._call(
-            "submit", url, wire, request=request, watch=watch, job_meta=job_meta
-        )
+        return self._call("submit", url, wire, request=request, watch=watch, job_meta=job_meta)
 
     def fetch(
         self, job_id: JobId, request: Text2ImgRequest | None = None
@@ -351,6 +352,41 @@ class Transport:
         job_meta: bool = True,
     ) -> Job | Generation:
         body = {"key": self._key, **fields}
+        if watch is not None:
+            attempt = self._attempt(op, url, body, request, job_id, watch, job_meta)
+            return await self.with_retries(op, attempt)
+        # The usual call: the first attempt without the retry loop's frames (the loop takes
+        # over from its failure, with the same policy), and no pause to wait out.
+        if op == "submit" and self.gate.remaining > 0:
+            await self.gate.wait()
+        self.counters[op] += 1
+        try:
+            return await self._post_once(
+                op, url, body, request=request, job_id=job_id, job_meta=job_meta
+            )
+        except _AttemptFailed as failed:
+            attempt = self._attempt(op, url, body, request, job_id, watch, job_meta)
+            return await self._retry(op, attempt, failed.outcome)
+
+    def _attempt(
+        self,
+        op: Literal["submit", "fetch"],
+        url: str,
+        body: Mapping[str, Any],
+        request: Text2ImgRequest | None,
+        job_id: JobId | None,
+        watch: SubmitWatch | None,
+        job_meta: bool,
+    ) -> Callable[[], Awaitable[Job | Generation]]:
+        """One attempt of a call, for the retry loop. (Made only when needed: the closure's
+        cells would otherwise be allocated on every call.)
+
+        A watched submit (the batch's write-ahead record: a manifest will hold the job's
+        id) is shielded from cancellation: the job may already exist, and only its answer
+        lets a rerun resume it instead of paying for it twice. Bounded by the timeouts.
+        Without a watch nothing could record the id, so nothing is gained by finishing.
+        """
+        shield = watch is not None
 
         async def attempt() -> Job | Generation:
             if watch is not None:
@@ -358,14 +394,14 @@ class Transport:
             self.counters[op] += 1
             try:
                 return await self._post_once(
-                    op, url, body, request=request, job_id=job_id, job_meta=job_meta
+                    op, url, body, request=request, job_id=job_id, job_meta=job_meta, shield=shield
                 )
             except _AttemptFailed as failed:
                 if watch is not None and _surely_not_created(failed.outcome):
                     watch.refused()
                 raise
 
-        return await self.with_retries(op, attempt)
+        return attempt
 
     async def with_retries(self, op: Operation, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run *attempt* under the retry policy; it raises ``_Attempt`` wrappers or errors."""
@@ -436,18 +472,17 @@ class Transport:
         request: Text2ImgRequest | None,
         job_id: JobId | None,
         job_meta: bool = True,
+        shield: bool = False,
     ) -> Job | Generation:
         session = self.session
         error: TransportError
         try:
-            # A submit is not abandoned half-way on cancellation (Ctrl-C, a batch stopping):
-            # the job may already exist, and only its answer (the id, recorded in a manifest)
-            # lets a rerun resume it instead of paying for it twice. Bounded by the timeouts.
-            with anyio.CancelScope(shield=True) if op == "submit" else _UNSHIELDED:
+            with anyio.CancelScope(shield=True) if shield else _UNSHIELDED:
                 async with session.post(url, json=body) as resp:
                     raw = await resp.read()
                     status = resp.status
-                    header_wait = parse_retry_after(resp.headers.get("Retry-After"))
+                    retry_after = resp.headers.get("Retry-After")
+            header_wait = parse_retry_after(retry_after) if retry_after else None
         except aiohttp.InvalidURL:
             # Nothing was sent: a bad base URL is a configuration error, not a lost submit.
             # (No chained cause: aiohttp's message quotes the URL unredacted.)

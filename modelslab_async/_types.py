@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import os
@@ -212,18 +213,27 @@ def trusted_replace(instance: _A, **changes: Any) -> _A:
     converters. Only for values the SDK made itself and knows valid (a track id it derived,
     a job id from the answer it parsed); everything from users goes through the class."""
     cls = type(instance)
-    known = _FIELDS.get(cls)
-    if known is None:
-        names = tuple(f.name for f in attrs.fields(cls))  # type: ignore[arg-type]
-        known = _FIELDS[cls] = (names, values_getter(names))
-    names, values = known
-    new = object.__new__(cls)
+    copy = _COPIERS.get(cls)
+    if copy is None:
+        copy = _COPIERS[cls] = _copier(cls)
+    new: _A = copy(instance)
     setattr_ = object.__setattr__
-    for name, value in zip(names, values(instance), strict=True):
-        setattr_(new, name, value)
     for name, value in changes.items():
         setattr_(new, name, value)
     return new
+
+
+def _copier(cls: type) -> Callable[[Any], Any]:
+    """A function of straight-line code that copies every field of an instance of the attrs
+    class *cls* (made once per class: a loop over the fields costs twice as much)."""
+    names = [f.name for f in attrs.fields(cls)]
+    lines = ["def copy(old):", " new = _new(_cls)"]
+    lines += [f" _set(new, {name!r}, old.{name})" for name in names]
+    lines.append(" return new")
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_set": object.__setattr__}
+    exec(compile("\n".join(lines), f"<copy {cls.__name__}>", "exec"), namespace)
+    copy: Callable[[Any], Any] = namespace["copy"]
+    return copy
 
 
 def values_getter(names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
@@ -234,8 +244,8 @@ def values_getter(names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
     return operator.attrgetter(*names)
 
 
-#: attrs class -> (field names, a getter of all their values at once), for trusted_replace.
-_FIELDS: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
+#: attrs class -> its field copier, for trusted_replace.
+_COPIERS: dict[type, Callable[[Any], Any]] = {}
 
 
 @attrs.frozen(kw_only=True)
@@ -261,42 +271,35 @@ class Text2ImgRequest:
     The API key is never part of a request.
     """
 
-    prompt: str = attrs.field(validator=_check_prompt)
-    negative_prompt: str | None = attrs.field(default=None, validator=_opt_text(MAX_PROMPT_LENGTH))
-    model_id: str = attrs.field(default="flux", validator=_check_model_id)
-    width: int = attrs.field(default=512, validator=_int_in(1, 1024))
-    height: int = attrs.field(default=512, validator=_int_in(1, 1024))
-    samples: int = attrs.field(default=1, validator=_int_in(1, 4))
-    num_inference_steps: int = attrs.field(default=20, validator=_int_in(1, None))
-    safety_checker: bool = attrs.field(default=True, validator=_is_bool)
-    safety_checker_type: SafetyCheckerType = attrs.field(
-        default="sensitive_content_text", validator=_check_safety_type
-    )
-    seed: int | None = attrs.field(default=None, validator=_check_seed)
-    guidance_scale: float = attrs.field(
-        default=7.5, converter=_int_to_float, validator=_float_in(1, 20)
-    )
-    injected_noise_alpha: float = attrs.field(
-        default=0.75, converter=_int_to_float, validator=_float_in(0, 1)
-    )
-    sigma_threshold: float = attrs.field(
-        default=0.45, converter=_int_to_float, validator=_float_in(0, 1)
-    )
-    true_cfg_scale: float = attrs.field(
-        default=1.0, converter=_int_to_float, validator=_float_in(0, 10)
-    )
-    use_cfg_zero_star: bool = attrs.field(default=True, validator=_is_bool)
-    use_zero_init: bool = attrs.field(default=False, validator=_is_bool)
-    zero_steps: int = attrs.field(default=0, validator=_int_in(0, None))
-    base64: bool = attrs.field(default=False, validator=_is_bool)
-    webhook: str | None = attrs.field(default=None, validator=_check_webhook)
-    track_id: str | int | None = attrs.field(default=None, validator=_check_track_id)
-    temp: bool = attrs.field(default=False, validator=_is_bool)
-    extra: Mapping[str, Any] = attrs.field(
-        factory=dict, converter=_freeze_extra, validator=_check_extra, hash=False
-    )
+    prompt: str
+    negative_prompt: str | None = None
+    model_id: str = "flux"
+    width: int = 512
+    height: int = 512
+    samples: int = 1
+    num_inference_steps: int = 20
+    safety_checker: bool = True
+    safety_checker_type: SafetyCheckerType = "sensitive_content_text"
+    seed: int | None = None
+    guidance_scale: float = attrs.field(default=7.5, converter=_int_to_float)
+    injected_noise_alpha: float = attrs.field(default=0.75, converter=_int_to_float)
+    sigma_threshold: float = attrs.field(default=0.45, converter=_int_to_float)
+    true_cfg_scale: float = attrs.field(default=1.0, converter=_int_to_float)
+    use_cfg_zero_star: bool = True
+    use_zero_init: bool = False
+    zero_steps: int = 0
+    base64: bool = False
+    webhook: str | None = None
+    track_id: str | int | None = None
+    temp: bool = False
+    extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_extra, hash=False)
 
     def __attrs_post_init__(self) -> None:
+        # The field checks (_REQUEST_CHECKS) run, in field order, only when the one-pass
+        # test of the usual values does not pass: it accepts nothing they would refuse.
+        if not _usual_request(self):
+            for field, check in _request_checks():
+                check(self, field, getattr(self, field.name))
         if self.zero_steps > self.num_inference_steps:
             raise RequestValidationError(
                 "zero_steps",
@@ -307,6 +310,98 @@ class Text2ImgRequest:
     def replace(self, **changes: Any) -> Text2ImgRequest:
         """A copy with *changes* applied (validated again)."""
         return attrs.evolve(self, **changes)
+
+
+#: The check of each field of a request, in field order (attrs would run them one call
+#: per field; ``__attrs_post_init__`` runs them only when ``_usual_request`` fails).
+_REQUEST_CHECKS: dict[str, Any] = {
+    "prompt": _check_prompt,
+    "negative_prompt": _opt_text(MAX_PROMPT_LENGTH),
+    "model_id": _check_model_id,
+    "width": _int_in(1, 1024),
+    "height": _int_in(1, 1024),
+    "samples": _int_in(1, 4),
+    "num_inference_steps": _int_in(1, None),
+    "safety_checker": _is_bool,
+    "safety_checker_type": _check_safety_type,
+    "seed": _check_seed,
+    "guidance_scale": _float_in(1, 20),
+    "injected_noise_alpha": _float_in(0, 1),
+    "sigma_threshold": _float_in(0, 1),
+    "true_cfg_scale": _float_in(0, 10),
+    "use_cfg_zero_star": _is_bool,
+    "use_zero_init": _is_bool,
+    "zero_steps": _int_in(0, None),
+    "base64": _is_bool,
+    "webhook": _check_webhook,
+    "track_id": _check_track_id,
+    "temp": _is_bool,
+    "extra": _check_extra,
+}
+
+
+@functools.cache
+def _request_checks() -> tuple[tuple[attrs.Attribute[Any], Any], ...]:
+    return tuple((f, _REQUEST_CHECKS[f.name]) for f in attrs.fields(Text2ImgRequest))
+
+
+def _usual_request(r: Text2ImgRequest) -> bool:
+    """True when every field holds a value of its usual type well inside its range (a
+    subset of what the field checks accept, tested against them with hypothesis)."""
+    prompt = r.prompt
+    negative = r.negative_prompt
+    model_id = r.model_id
+    width, height, samples, steps = r.width, r.height, r.samples, r.num_inference_steps
+    seed = r.seed
+    guidance, alpha, sigma, cfg = (
+        r.guidance_scale,
+        r.injected_noise_alpha,
+        r.sigma_threshold,
+        r.true_cfg_scale,
+    )
+    track_id = r.track_id
+    return (
+        type(prompt) is str
+        and 0 < len(prompt) <= MAX_PROMPT_LENGTH
+        and not prompt.isspace()
+        and "\x00" not in prompt
+        and (negative is None or (type(negative) is str and len(negative) <= MAX_PROMPT_LENGTH))
+        and type(model_id) is str
+        and 0 < len(model_id) <= 200
+        and not model_id.isspace()
+        and type(width) is int
+        and 1 <= width <= 1024
+        and type(height) is int
+        and 1 <= height <= 1024
+        and type(samples) is int
+        and 1 <= samples <= 4
+        and type(steps) is int
+        and steps >= 1
+        and type(r.safety_checker) is bool
+        and r.safety_checker_type in SAFETY_CHECKER_TYPES
+        and (seed is None or (type(seed) is int and 0 <= seed <= MAX_SEED))
+        and type(guidance) is float
+        and 1.0 <= guidance <= 20.0
+        and type(alpha) is float
+        and 0.0 <= alpha <= 1.0
+        and type(sigma) is float
+        and 0.0 <= sigma <= 1.0
+        and type(cfg) is float
+        and 0.0 <= cfg <= 10.0
+        and type(r.use_cfg_zero_star) is bool
+        and type(r.use_zero_init) is bool
+        and type(r.zero_steps) is int
+        and r.zero_steps >= 0
+        and type(r.base64) is bool
+        and r.webhook is None
+        and (
+            track_id is None
+            or type(track_id) is int
+            or (type(track_id) is str and 0 < len(track_id) <= MAX_TRACK_ID_LENGTH)
+        )
+        and type(r.temp) is bool
+        and not r.extra
+    )
 
 
 # --- answers -----------------------------------------------------------------------------

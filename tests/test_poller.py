@@ -32,6 +32,7 @@ from modelslab_async._poller import (
     FIRST_REFRESH,
     SUBMIT,
     ScheduleModel,
+    _density,
     _prior_intervals,
     optimal_offsets,
 )
@@ -50,6 +51,58 @@ def spread_samples(n: int = 60) -> list[tuple[float, float]]:
 
 def offsets_for(policy: PollPolicy, samples: list[tuple[float, float]]) -> list[float]:
     return optimal_offsets(samples, fetch_cost=policy.fetch_cost, max_gap=policy.max_gap)
+
+
+# --- the density estimate ---------------------------------------------------------------------
+
+
+def _density_per_sample(
+    samples: list[tuple[float, float]], lo: float, step: float, n: int, rounds: int = 4
+) -> list[float]:
+    """The Turnbull EM of ``_density`` written out sample by sample (the reference)."""
+    spans = []
+    for a, b in samples:
+        i1 = min(max(math.ceil((b - lo) / step - 1e-9), 0), n - 1)
+        i0 = min(max(math.floor((a - lo) / step + 1e-9) + 1, 0), i1) if b > a else i1
+        spans.append((i0, i1))
+    weight = 1.0 / len(spans)
+    seeds = [s for s in spans if s[1] - s[0] <= max(2, int(1.0 / step))] or spans
+    mass = [0.0] * n
+    for i0, i1 in seeds:
+        for i in range(i0, i1 + 1):
+            mass[i] += 1.0 / (i1 - i0 + 1)
+    if len(seeds) == len(spans):
+        return [m * weight for m in mass]
+    for _ in range(rounds):
+        new = [0.0] * n
+        for i0, i1 in spans:
+            seg = mass[i0 : i1 + 1]
+            for k, m in enumerate(seg):
+                new[i0 + k] += weight * (m / sum(seg) if sum(seg) > 0 else 1.0 / len(seg))
+        mass = new
+    return mass
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    samples=st.lists(
+        st.tuples(
+            st.floats(min_value=-2.0, max_value=3.0, allow_nan=False),
+            st.sampled_from([0.0, 0.04, 0.1, 0.3, 1.5, 3.0]),
+        ).map(lambda t: (t[0], t[0] + t[1])),
+        min_size=1,
+        max_size=200,
+    )
+)
+def test_density_over_distinct_spans_equals_the_per_sample_estimate(
+    samples: list[tuple[float, float]],
+) -> None:
+    lo = min(samples)[0]
+    step = max(0.05, (max(b for _, b in samples) - lo) / 400)
+    n = math.ceil(max(max(b for _, b in samples) - lo, 0.05) / step) + 1
+    got = _density(samples, lo, step, n)
+    assert got == pytest.approx(_density_per_sample(samples, lo, step, n), abs=1e-12)
+    assert sum(got) == pytest.approx(1.0)
 
 
 # --- optimal_offsets --------------------------------------------------------------------------

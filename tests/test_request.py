@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import subprocess
@@ -22,7 +23,13 @@ from modelslab_async._convert import (
     request_to_json,
     request_to_wire,
 )
-from modelslab_async._types import DOCUMENTED_FIELDS, SAFETY_CHECKER_TYPES
+from modelslab_async._types import (
+    DOCUMENTED_FIELDS,
+    SAFETY_CHECKER_TYPES,
+    _request_checks,
+    _usual_request,
+    trusted_replace,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_SEED = 2**32 - 1
@@ -521,6 +528,17 @@ def test_fingerprint_is_a_sha256_hex_digest() -> None:
     int(fp, 16)
 
 
+def test_fingerprints_stay_those_of_earlier_manifests() -> None:
+    # A rerun finds its items in a manifest by fingerprint: the canonical form (sorted keys,
+    # no spaces) may never change, or old manifests would be resubmitted in full.
+    request = Text2ImgRequest(prompt="a red fox", seed=7, extra={"scheduler": "DPM"})
+    canonical = json.dumps(request_to_wire(request), sort_keys=True, separators=(",", ":"))
+    assert fingerprint(request) == hashlib.sha256(canonical.encode()).hexdigest()
+    assert fingerprint(request) == (
+        "284c39b6bc8cf947f6cb66c9d60c7dc1a4b688603a91df9e513820cd4cc081bd"
+    )
+
+
 # --- the command line check of the issue -----------------------------------------------------
 
 
@@ -572,3 +590,142 @@ def test_an_integer_too_long_to_print_is_still_a_request_validation_error() -> N
 def test_request_from_wire_without_a_prompt_names_the_prompt() -> None:
     with pytest.raises(RequestValidationError, match="prompt is required"):
         request_from_wire({"width": 512})
+
+
+# --- trusted_replace -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "instance",
+    [
+        Text2ImgRequest(prompt="a red fox", seed=3, negative_prompt="blur", extra={"lora": "x"}),
+        m.Generation(id=7, output=("http://x/7-0.png",), generation_time=1.5),
+        m.Job(id=7, eta=1.5, future_links=("http://x/7-0.png",)),
+        m.GeneratedImage(url="http://x/7-0.png", index=0, job_id=7, data=b"png"),
+    ],
+    ids=lambda v: type(v).__name__,
+)
+def test_trusted_replace_copies_every_field_and_sets_the_changes(instance: Any) -> None:
+    names = [f.name for f in attrs.fields(type(instance))]
+    before = {name: getattr(instance, name) for name in names}
+    change = names[-1]
+    copy = trusted_replace(instance, **{change: "changed"})
+    assert type(copy) is type(instance)
+    assert copy is not instance
+    for name in names:
+        assert getattr(copy, name) is ("changed" if name == change else before[name]), (
+            name
+        )  # the same objects: a copy of the fields, nothing rebuilt
+    assert {name: getattr(instance, name) for name in names} == before
+    assert trusted_replace(instance) == instance
+
+
+def test_trusted_replace_runs_no_validator() -> None:
+    request = Text2ImgRequest(prompt="a red fox")
+    assert trusted_replace(request, width=4096).width == 4096  # the class would refuse it
+
+
+# --- the one-pass test of usual values ---------------------------------------------------------
+
+#: Values at and around every field's bounds and types, for the one-pass test.
+_EDGES: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    2,
+    4,
+    5,
+    8,
+    20,
+    21,
+    1024,
+    1025,
+    MAX_SEED,
+    MAX_SEED + 1,
+    2**1100,
+    -0.0,
+    0.0,
+    0.5,
+    1.0,
+    1.5,
+    7,
+    10.0,
+    10.5,
+    20.0,
+    20.5,
+    -0.1,
+    1e308,
+    math.nan,
+    math.inf,
+    -math.inf,
+    "",
+    " ",
+    "\u2003",
+    "a\x00b",
+    "x",
+    "x" * 200,
+    "x" * 201,
+    "x" * 10_000,
+    "x" * 10_001,
+    "blur",
+    "black",
+    "Blur",
+    "flux",
+    "http://127.0.0.1:9/hook",
+    "ftp://x",
+    "https://",
+    "mla-1",
+    "1",
+    b"x",
+    [1],
+    {"a": 1},
+    {},
+    {"key": "k"},
+]
+
+
+def _assert_usual_implies_checks_pass(values: dict[str, Any]) -> None:
+    # Values set without validation: whenever the one-pass test passes, every field check
+    # must pass too (it only lets __attrs_post_init__ skip them).
+    request = trusted_replace(Text2ImgRequest(prompt="a red fox"), **values)
+    if _usual_request(request):
+        for field, check in _request_checks():
+            check(request, field, getattr(request, field.name))
+
+
+@pytest.mark.parametrize("name", [f.name for f in attrs.fields(Text2ImgRequest)])
+def test_the_usual_values_test_accepts_no_edge_value_a_field_check_refuses(name: str) -> None:
+    for value in _EDGES:
+        _assert_usual_implies_checks_pass({name: value})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.dictionaries(
+        st.sampled_from([f.name for f in attrs.fields(Text2ImgRequest)]),
+        st.sampled_from(_EDGES) | st.integers() | st.floats() | st.text(max_size=4),
+        min_size=2,
+        max_size=4,
+    )
+)
+def test_the_usual_values_test_accepts_no_mix_a_field_check_refuses(
+    values: dict[str, Any],
+) -> None:
+    _assert_usual_implies_checks_pass(values)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"prompt": "a red fox"},
+        {"prompt": "a red fox", "seed": 0, "width": 1024, "height": 8, "samples": 4},
+        {"prompt": "x", "negative_prompt": "blur", "guidance_scale": 20, "true_cfg_scale": 0},
+        {"prompt": "x", "track_id": "mla-1", "num_inference_steps": 31, "zero_steps": 31},
+        {"prompt": "x", "safety_checker": False, "safety_checker_type": "black", "seed": MAX_SEED},
+    ],
+)
+def test_usual_requests_take_the_one_pass_test(fields: dict[str, Any]) -> None:
+    assert _usual_request(Text2ImgRequest(**fields))
