@@ -620,7 +620,7 @@ class Poller:
         if i < len(offsets):
             entry.next_index = i + 1
             gap = entry.anchor + offsets[i] - now
-            jitter = random.uniform(0, min(0.02, self.policy.jitter * gap))
+            jitter = min(0.02, self.policy.jitter * gap) * random.random()  # uniform(0, ...)
             self._arm(entry, now + gap + jitter)
             return
         entry.next_index = len(offsets)

@@ -474,14 +474,18 @@ class Transport:
         job_meta: bool = True,
         shield: bool = False,
     ) -> Job | Generation:
+        if shield:
+            with anyio.CancelScope(shield=True):
+                return await self._post_once(
+                    op, url, body, request=request, job_id=job_id, job_meta=job_meta
+                )
         session = self.session
         error: TransportError
         try:
-            with anyio.CancelScope(shield=True) if shield else _UNSHIELDED:
-                async with session.post(url, json=body) as resp:
-                    raw = await resp.read()
-                    status = resp.status
-                    retry_after = resp.headers.get("Retry-After")
+            async with session.post(url, json=body) as resp:
+                raw = await resp.read()
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After")
             header_wait = parse_retry_after(retry_after) if retry_after else None
         except aiohttp.InvalidURL:
             # Nothing was sent: a bad base URL is a configuration error, not a lost submit.
@@ -533,9 +537,6 @@ class Transport:
             # A success/processing body with an error status: trust the body, log the oddity.
             log.debug("%s: HTTP %d with a %s body", op, status, type(result).__name__)
         return result
-
-
-_UNSHIELDED = contextlib.nullcontext()
 
 
 class _AttemptFailed(Exception):
