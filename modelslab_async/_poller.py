@@ -348,7 +348,7 @@ class ScheduleModel:
         if history is not None and len(history) >= policy.min_samples:
             added = self._added.get(key, 0)
             cached = self._cache.get(key)
-            if cached is None or added - cached[0] >= max(8, len(history) // 4):
+            if cached is None or added - cached[0] >= max(8, len(history) // 8):
                 intervals = [(lo, hi) for lo, hi, _ in history]
                 offsets = optimal_offsets(
                     intervals, fetch_cost=self._cost(kind, history), max_gap=policy.max_gap
