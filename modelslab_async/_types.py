@@ -163,12 +163,16 @@ def _check_track_id(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         raise RequestValidationError(attr.name, value, allowed)
 
 
+#: The ``extra`` of every request without undocumented fields (read-only, so one will do).
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+
+
 def _freeze_extra(value: Any) -> Mapping[str, Any]:
     if isinstance(value, MappingProxyType):
         return value
     if not isinstance(value, Mapping):
         raise RequestValidationError("extra", value, "a mapping of undocumented field -> value")
-    return MappingProxyType(dict(value))
+    return MappingProxyType(dict(value)) if value else _NO_EXTRA
 
 
 def _check_extra(inst: Any, attr: attrs.Attribute[Any], value: Mapping[str, Any]) -> None:
@@ -292,7 +296,7 @@ class Text2ImgRequest:
     webhook: str | None = None
     track_id: str | int | None = None
     temp: bool = False
-    extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_extra, hash=False)
+    extra: Mapping[str, Any] = attrs.field(default=_NO_EXTRA, converter=_freeze_extra, hash=False)
 
     def __attrs_post_init__(self) -> None:
         # The field checks (_REQUEST_CHECKS) run, in field order, only when the one-pass
