@@ -242,8 +242,10 @@ def _fast_structurer(
             raise TypeError(f"{cls.__name__}.{field.name}: a factory default has no fast path")
         wire = renames.get(field.name, field.name)
         names.append(wire)
-        default = "_MISSING" if field.default is attrs.NOTHING else f"_d{i}"
-        defaults[f"_d{i}"] = field.default
+        default = "_MISSING"
+        if field.default is not attrs.NOTHING:
+            default = f"_d{i}"
+            defaults[default] = field.default
         value = f"v{i}"
         args.append(f"{field.name!r}: {value}")
         lines.append(f" {value} = get({wire!r}, {default})")
