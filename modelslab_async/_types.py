@@ -350,8 +350,9 @@ def _request_checks() -> tuple[tuple[attrs.Attribute[Any], Any], ...]:
 
 
 def _usual_request(r: Text2ImgRequest) -> bool:
-    """True when every field holds a value of its usual type well inside its range (a
-    subset of what the field checks accept, tested against them with hypothesis)."""
+    """True when every field holds a value of its usual type within its range: a subset
+    of what the field checks accept (tests hold it to them on every field's edge values
+    and on hypothesis' mixes)."""
     prompt = r.prompt
     negative = r.negative_prompt
     model_id = r.model_id
