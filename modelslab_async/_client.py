@@ -37,7 +37,7 @@ from ._errors import (
     RequestValidationError,
 )
 from ._poller import Poller, PollerStats, PollPolicy, _Tracked
-from ._redact import mask
+from ._redact import Secret, mask
 from ._transport import RetryPolicy, SubmitWatch, Timeouts, Transport
 from ._types import GeneratedImage, Generation, Job, Text2ImgRequest, trusted_replace
 from ._webhook import WebhookReceiver
@@ -191,7 +191,10 @@ class Client:
         retry_ambiguous_submits: bool = False,
         webhook: WebhookReceiver | None = None,
     ) -> None:
-        key = api_key if api_key is not None else os.environ.get(C.ENV_API_KEY)
+        # Only the masked key stays a local of this frame (tracebacks capture locals).
+        api_key = key = Secret(
+            api_key if api_key is not None else os.environ.get(C.ENV_API_KEY, "")
+        )
         if not key or not key.strip():
             raise ConfigurationError(
                 f"no API key: pass api_key=... or set the {C.ENV_API_KEY} environment variable"

@@ -1,8 +1,7 @@
 """Downloads against the emulator over 127.0.0.1: late links, faults, base64, atomic files.
 
 Every test runs under the blockbuster fixture: a blocking call on the event loop (file I/O
-outside a worker thread, ``time.sleep``) fails it, except the inline write of a small image
-(``DownloadPolicy.inline_write_max``), which is by design. Each file the SDK leaves in a
+outside a worker thread, ``time.sleep``) fails it. Each file the SDK leaves in a
 destination folder is checked as a whole PNG (Pillow decodes it), and no ``.part`` or
 hidden file may stay behind.
 """
@@ -89,36 +88,37 @@ def assert_clean_folder(folder: Path, expected: set[str]) -> None:
 # --- where files are written -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("inline_write_max", "inline"),
-    [(DownloadPolicy().inline_write_max, True), (0, False), (100, False)],
-    ids=["default-small-image-inline", "zero-always-thread", "image-over-cap-thread"],
-)
-async def test_small_images_are_written_on_the_loop_large_ones_in_a_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inline_write_max: int, inline: bool
+async def test_images_are_written_in_a_thread_and_fsynced_before_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A manifest's ``done`` record is fsynced and a rerun trusts it: the image it names
+    # must be on disk first, not only in the page cache.
+    import os
     import threading
 
-    from modelslab_async import _download
+    events: list[tuple[str, str, int]] = []
+    fsync, replace = os.fsync, os.replace
 
-    threads: list[int] = []
-    original = _download._write_atomic
+    def recording_fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"), threading.get_ident()))
+        fsync(fd)
 
-    def recording(*args: Any) -> Path:
-        threads.append(threading.get_ident())
-        return original(*args)
+    def recording_replace(src: Any, dst: Any) -> None:
+        events.append(("replace", str(src), threading.get_ident()))
+        replace(src, dst)
 
-    monkeypatch.setattr(_download, "_write_atomic", recording)
-    policy = attrs.evolve(FAST_NOT_READY, inline_write_max=inline_write_max)
-    async with emulated(download=policy) as (_, client):
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    async with emulated() as (_, client):
         gens = await text2img_many(client, 3, tmp_path)
-    assert len(threads) == 3
-    loop_thread = threading.get_ident()
-    assert all((t == loop_thread) is inline for t in threads), threads
+    monkeypatch.undo()
     assert_clean_folder(tmp_path, {f"{g.id}-0.png" for g in gens})
-
-
-# --- links that are not there yet -------------------------------------------------------------
+    renamed = [path for what, path, _ in events if what == "replace" and path.endswith(".part")]
+    assert len(renamed) == 3
+    for part in renamed:
+        synced = events.index(next(e for e in events if e[:2] == ("fsync", part)))
+        assert synced < events.index(next(e for e in events if e[:2] == ("replace", part)))
+    assert threading.get_ident() not in {thread for *_, thread in events}
 
 
 async def test_links_that_404_for_a_while_after_success_are_retried(tmp_path: Path) -> None:

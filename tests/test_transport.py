@@ -823,8 +823,23 @@ def test_settle_allocator_moves_socket_read_buffers_off_mmap() -> None:
     assert out.stdout.split() == ["False", "True"]
 
 
-async def test_opening_a_transport_settles_the_allocator() -> None:
-    import modelslab_async._alloc as alloc
+_OPEN_A_TRANSPORT = """
+import sys, anyio
+from modelslab_async._transport import Transport
 
-    async with transport("http://127.0.0.1:1"):
-        assert alloc._allocator_settled
+async def main():
+    async with Transport(api_key="k", base_url="http://127.0.0.1:1"):
+        pass
+
+anyio.run(main)
+print(sorted(name for name in sys.modules if "alloc" in name.rpartition(".")[2]))
+"""
+
+
+def test_opening_a_transport_leaves_the_process_allocator_alone() -> None:
+    # A library must not change its host process: the allocator nudge is the CLI's (an
+    # application's) choice, made in its own main().
+    out = subprocess.run(
+        [sys.executable, "-c", _OPEN_A_TRANSPORT], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
