@@ -268,21 +268,21 @@ RETRY_RULES: tuple[RetryRule, ...] = (
         _error_is(ServerError),
         fetch=Action.RETRY,
         submit=Action.AMBIGUOUS,
-        why="`ServerError`: the job may exist",
+        why="`ServerError`",
     ),
     RetryRule(
         "reset, read timeout, cut-off body",
         _error_is(TransportError),
         fetch=Action.RETRY,
         submit=Action.AMBIGUOUS,
-        why="`AmbiguousSubmitError`: the job may exist",
+        why="`AmbiguousSubmitError`",
     ),
     RetryRule(
         "HTML page, malformed JSON, an answer over the size cap",
         _error_is(ResponseFormatError),
         fetch=Action.RETRY,
         submit=Action.AMBIGUOUS,
-        why="the job may exist",
+        why="`ResponseFormatError`",
     ),
     RetryRule(
         "redirect (3xx), invalid key, rejected request, failed job",
@@ -320,8 +320,11 @@ def retry_table() -> str:
 
     def cell(action: Action, why: str) -> str:
         if action is Action.AMBIGUOUS:
-            return f"**not retried**: {why} (`retry_ambiguous_submits=True` retries)"
-        return f"{action.value}, {why}" if why else action.value
+            opt_in = "`retry_ambiguous_submits=True` retries"
+            return f"**not retried** (the job may exist): {why}; {opt_in}"
+        if action is Action.WAIT:
+            return f"{action.value}, {why}"
+        return f"{action.value} ({why})" if why else action.value
 
     rows = ["| outcome | fetch, download | submit |", "|---|---|---|"]
     for rule in RETRY_RULES:
@@ -406,6 +409,7 @@ class Transport:
         self.gate = RateLimitGate()
         self.on_rate_limit = on_rate_limit
         self._session: aiohttp.ClientSession | None = None
+        self._encoded_base: str | None = None
         self._closed = False
         self.counters: dict[str, int] = {"submit": 0, "fetch": 0, "download": 0, "retries": 0}
         register_secret(self._key)
@@ -469,7 +473,7 @@ class Transport:
         bound it). ``job_meta=False`` leaves a processing answer's ``meta`` out of the
         :class:`Job` (for a caller that never shows the job to anyone).
         """
-        url = self.base_url + C.SUBMIT_PATH
+        url = self._base() + C.SUBMIT_PATH
         return await self._call(
             "submit", url, wire, request=request, watch=watch, job_meta=job_meta
         )
@@ -478,8 +482,17 @@ class Transport:
         self, job_id: JobId, request: Text2ImgRequest | None = None
     ) -> Job | Generation:
         """POST fetch/{id} (the id escaped); idempotent, so retried on any transient failure."""
-        url = self.base_url + job_path(job_id)
+        url = self._base() + job_path(job_id)
         return await self._call("fetch", url, {}, request=request, job_id=job_id)
+
+    def _base(self) -> str:
+        """The base URL, percent-encoded once (paths are appended to it as they are)."""
+        if self._encoded_base is None:
+            try:
+                self._encoded_base = str(URL(self.base_url))
+            except ValueError:
+                raise ConfigurationError(f"invalid base URL {self.base_url!r}") from None
+        return self._encoded_base
 
     async def _call(
         self,
@@ -571,7 +584,7 @@ class Transport:
         session = self.session
         error: TransportError
         try:
-            target = URL(url)
+            target = URL(url, encoded=True)  # as built: a requote would undo an id's %2E
         except ValueError:
             raise ConfigurationError(f"{op}: invalid URL {url!r}") from None
         try:
