@@ -272,22 +272,7 @@ class Downloader:
                 return resp, target
             location = resp.headers.get("Location")
             resp.release()
-            if not location:
-                raise DownloadError(
-                    f"{target}: HTTP {resp.status} without a Location", url=url, job_id=job_id
-                )
-            following = str(URL(target).join(URL(location)))
-            scheme = urlsplit(following).scheme
-            if scheme not in ("http", "https") or (
-                urlsplit(target).scheme == "https" and scheme == "http"
-            ):
-                raise DownloadError(
-                    f"{url}: refusing a redirect from {urlsplit(target).scheme} to "
-                    f"{scheme or 'a relative'} link {following}",
-                    url=url,
-                    job_id=job_id,
-                )
-            target = following
+            target = redirect_target(target, location, url=url, job_id=job_id)
         raise DownloadError(
             f"{url}: more than {C.MAX_DOWNLOAD_REDIRECTS} redirects", url=url, job_id=job_id
         )
@@ -437,6 +422,25 @@ class Downloader:
                     await writer.discard()
             raise
         return GeneratedImage(url=url, index=index, job_id=job_id, path=path, content_type=ctype)
+
+
+def redirect_target(current: str, location: str | None, *, url: str, job_id: JobId | None) -> str:
+    """Where a download redirect from *current* to *location* leads: an absolute http(s)
+    URL, never from https to http; else DownloadError."""
+    if not location:
+        raise DownloadError(f"{current}: a redirect without a Location", url=url, job_id=job_id)
+    try:
+        following = str(URL(current).join(URL(location)))
+    except ValueError:
+        following = location
+    before, after = urlsplit(current).scheme, urlsplit(following).scheme
+    if after not in ("http", "https") or (before == "https" and after == "http"):
+        raise DownloadError(
+            f"{url}: refusing a redirect from {before} to {after or 'an unknown'} link {following}",
+            url=url,
+            job_id=job_id,
+        )
+    return following
 
 
 def _write_error(exc: OSError, where: Path | None, url: str, job_id: JobId | None) -> DownloadError:
@@ -606,6 +610,7 @@ __all__: Sequence[str] = [
     "Downloader",
     "decode_base64_image",
     "file_stem",
+    "redirect_target",
     "remove_stale_parts",
     "sniff",
     "verify_image_file",
