@@ -242,6 +242,8 @@ class Client:
         self._webhook = webhook
 
     def __repr__(self) -> str:
+        if "_transport" not in vars(self):  # __init__ raised (a traceback reporter asks)
+            return "Client(<not constructed>)"
         return (
             f"Client(base_url={self.base_url!r}, api_key={mask(self._transport._key)}, "
             f"max_in_flight={self._limiter.limit}{' (auto)' if self._limiter.adaptive else ''})"

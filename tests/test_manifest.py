@@ -487,3 +487,18 @@ async def test_the_cli_refuses_a_second_run_on_a_folder_with_exit_2(tmp_path: Pa
     # Nothing written by the refused run (the manifest is the one this test opened).
     assert [p.name for p in out.iterdir()] == ["manifest.jsonl"]
     assert (out / "manifest.jsonl").read_bytes() == b""
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        GenerationFailed(7, "m" * (5 * 2**20)),
+        OSError(5, "e" * (5 * 2**20)),
+        ValueError("v" * (5 * 2**20)),
+    ],
+    ids=["api-message", "os-error", "any-error"],
+)
+def test_a_huge_error_message_is_cut_in_its_record(error: BaseException) -> None:
+    info = error_record(error)
+    assert len(info["message"]) <= 4000
+    assert "characters in all" in info["message"]

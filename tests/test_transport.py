@@ -1029,3 +1029,67 @@ def test_every_outcome_has_a_rule(op: Any) -> None:
     for error in (ModelsLabError("x"), _TRANSPORT, _RESET, _AMBIGUOUS, BadRequestError("x")):
         assert rule_for(_Outcome(error, sent=True)) is not None
         retry_decision(op, _Outcome(error, sent=True), RetryPolicy())
+
+
+# --- the key in tracebacks with frame locals ---------------------------------------------------
+
+
+def _with_locals(exc: BaseException) -> str:
+    """The traceback an error reporter shows, every frame's locals along the whole chain,
+    less the test's own frames (which hold the key as test data: the server's records)."""
+    import traceback
+
+    report = traceback.TracebackException.from_exception(exc, capture_locals=True)
+    for te in (report, report.__cause__, report.__context__):
+        if te is not None:
+            te.stack = traceback.StackSummary.from_list(
+                [f for f in te.stack if f"{os.sep}tests{os.sep}" not in f.filename]
+            )
+    return "".join(report.format())
+
+
+def _redirect_307() -> Any:
+    from aiohttp import web
+
+    async def act(request: web.Request, body: bytes) -> web.StreamResponse:
+        return web.Response(status=307, headers={"Location": "http://elsewhere.example/x"})
+
+    return act
+
+
+@pytest.mark.parametrize(
+    "action",
+    [reset(), stall(), raw(HTML, status=500), raw("{broken", status=200), _redirect_307()],
+    ids=["reset", "timeout", "html-500", "broken-json", "redirect"],
+)
+@pytest.mark.parametrize("op", ["submit", "fetch"])
+async def test_the_key_is_not_in_the_locals_of_any_traceback_frame(op: str, action: Any) -> None:
+    async with (
+        scripted(submit=[action], fetch=[action]) as server,
+        transport(server, timeouts=Timeouts(read=0.2)) as t,
+    ):
+        with pytest.raises(ModelsLabError) as info:
+            await (submit(t) if op == "submit" else t.fetch(1))
+    assert server.seen[0].json()["key"] == KEY  # the key was sent: it is in some frame's reach
+    report = _with_locals(info.value)
+    assert "body = " in report or "fields = " in report  # the locals are shown
+    assert KEY not in report
+
+
+async def test_the_key_is_not_in_the_locals_when_the_connection_is_refused(
+    refused_port: int,
+) -> None:
+    async with transport(f"http://127.0.0.1:{refused_port}") as t:
+        with pytest.raises(TransportError) as info:
+            await submit(t)
+    assert KEY not in _with_locals(info.value)
+
+
+def test_a_client_that_refuses_its_options_keeps_the_key_out_of_the_traceback() -> None:
+    from modelslab_async import Client
+
+    with pytest.raises(ConfigurationError) as info:
+        Client(KEY, base_url="http://127.0.0.1:1", max_in_flight=0)
+    report = _with_locals(info.value)
+    assert "api_key = " in report
+    assert KEY not in report
