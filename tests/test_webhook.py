@@ -656,6 +656,7 @@ class EndlessBody:
         self.sent: list[dict[str, Any]] = []
 
     async def receive(self) -> dict[str, Any]:
+        await anyio.sleep(0)  # a real server yields to the loop between messages
         self.read += 2**20
         return {"type": "http.request", "body": b" " * 2**20, "more_body": True}
 
