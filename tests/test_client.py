@@ -362,7 +362,9 @@ async def test_the_key_appears_in_no_error_message_repr_or_log_line(
             await client.submit(prompt="a red fox")
         errors.append(auth.value)
     # A timeout, a queue-limit 429, failed jobs, and the links of a failed job (never ready).
-    config = EmulatorConfig(duration=0.2, fail_rate=1.0, max_queued_per_key=1, queue_retry_after=0.05)
+    config = EmulatorConfig(
+        duration=0.2, fail_rate=1.0, max_queued_per_key=1, queue_retry_after=0.05
+    )
     download = DownloadPolicy(not_ready_timeout=0.05, not_ready_initial=0.01)
     async with emulated(config, download=download) as (_emu, client):
         first = await client.submit(prompt="first")

@@ -23,7 +23,7 @@ from modelslab_async import (
     RedisSlots,
     TransportError,
 )
-from modelslab_async._slots import Lease, SlotStatistics, Slots
+from modelslab_async._slots import Lease, Slots, SlotStatistics
 from modelslab_async.emulator import Emulator
 
 from ._redis_server import RedisServer, free_port, start_redis
