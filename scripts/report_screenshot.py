@@ -23,13 +23,12 @@ from pathlib import Path
 import anyio
 import attrs
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from modelslab_async import Client, Text2ImgRequest
+from modelslab_async._manifest import Manifest, load_state
+from modelslab_async._report import write_report
+from modelslab_async.emulator import Emulator, EmulatorConfig
 
-from modelslab_async import Client, Text2ImgRequest  # noqa: E402
-from modelslab_async._manifest import Manifest, load_state  # noqa: E402
-from modelslab_async._report import write_report  # noqa: E402
-from modelslab_async.emulator import Emulator, EmulatorConfig  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
@@ -57,9 +56,7 @@ async def batch(out: Path) -> dict[str, float]:
         items = [Text2ImgRequest(prompt=p, seed=1000 + i) for i, p in enumerate(texts)]
         results = [
             r
-            async for r in client.generate_many(
-                items, dest=out, manifest=manifest, max_resubmits=0
-            )
+            async for r in client.generate_many(items, dest=out, manifest=manifest, max_resubmits=0)
         ]
         wall = time.monotonic() - started
         lags = sorted(emu.stats.poll_lags())
