@@ -99,6 +99,7 @@ def run_batch(
     *,
     fail_rate: float = 0.0,
     emulator_seed: int = 7,
+    max_resubmits: int = 0,
     record_details: bool = True,
 ) -> Batch:
     """Run *items* through ``generate_many`` on an emulator into *out*, then append to the
@@ -118,7 +119,7 @@ def run_batch(
                 results = [
                     r
                     async for r in client.generate_many(
-                        items, dest=out, manifest=manifest, max_resubmits=0
+                        items, dest=out, manifest=manifest, max_resubmits=max_resubmits
                     )
                 ]
             lags = sorted(emu.stats.poll_lags())
@@ -371,6 +372,32 @@ def test_filter_and_sort_in_the_page(report: Opened, batch: Batch) -> None:
     )
     assert times == sorted(times, reverse=True)
     assert len(times) > 1
+
+
+def test_thirty_prompts_some_failing_on_every_resubmit(
+    browser: BrowserContext, tmp_path: Path
+) -> None:
+    # Each job fails with probability 0.7 and is resubmitted twice: about a third of the
+    # items fail three times (none failing, or all, has odds below 1e-5).
+    prompts = [f"prompt number {i}: a {word} landscape" for i, word in enumerate("ab" * 15)]
+    made = run_batch(tmp_path / "thirty", requests(prompts), fail_rate=0.7, max_resubmits=2)
+    write_report(made.out)
+    failed = failed_records(made.manifest)
+    assert 0 < len(failed) < 30
+    assert all(r.attempt == 2 for r in failed.values())
+    for opened in open_report(browser, made.out / REPORT_NAME):
+        page = opened.page
+        assert page.evaluate(DECODE_ALL) == {"total": 30 - len(failed), "broken": []}
+        rows = dict(
+            page.eval_on_selector_all(
+                "#failures tr.failure", "rs => rs.map(r => [Number(r.dataset.index), r.innerText])"
+            )
+        )
+        assert sorted(rows) == sorted(failed)
+        for index, text in rows.items():
+            assert prompts[index] in text
+            assert text.rstrip().endswith("3")  # attempts
+        assert all(u.startswith(("file:", "data:")) for u in opened.requested)
 
 
 # --- what the manifest holds, and the links -----------------------------------------------
