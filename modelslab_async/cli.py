@@ -12,7 +12,10 @@ SIGINT (130, Ctrl-C) or SIGTERM (143). The API key is never printed.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import logging
+import math
 import os
 import secrets
 import signal
@@ -71,6 +74,8 @@ from ._version import __version__
 
 __all__ = ["main"]
 
+_log = logging.getLogger("modelslab_async.cli")
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -90,6 +95,24 @@ MAX_FAILURE_LINES = 20
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Seconds(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2 on
+    """A positive, finite number of seconds (``nan``, ``inf``, 0 and negatives are refused
+    when the command line is read, before anything is submitted)."""
+
+    name = "seconds"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if not (math.isfinite(seconds) and seconds > 0):
+            self.fail(f"got {value!r}, allowed a finite number of seconds > 0", param, ctx)
+        return seconds
 
 
 class UsageFailure(click.ClickException):
@@ -478,8 +501,15 @@ def _pump(source: str, send: MemoryObjectSendStream[Line], token: Any) -> None:
         except (OSError, UnicodeDecodeError) as exc:
             end = exc
         anyio.from_thread.run(send.send, end, token=token)
-    except Exception:  # the consumer stopped reading or the loop ended: nothing to report
-        return
+    except (
+        anyio.BrokenResourceError,
+        anyio.ClosedResourceError,
+        anyio.RunFinishedError,
+        concurrent.futures.CancelledError,
+    ):
+        return  # the consumer stopped reading or the loop ended: nothing to report
+    except Exception:  # a bug: never swallowed silently (the reader then sees no end)
+        _log.exception("the input reader thread failed")
 
 
 def _meaningful(line: str) -> str | None:
@@ -748,7 +778,7 @@ def cli() -> None:
 )
 @click.option(
     "--timeout",
-    type=float,
+    type=_Seconds(),
     metavar="SECONDS",
     help="Stop waiting after SECONDS (the job goes on: get it later with `fetch`).",
 )
@@ -1037,7 +1067,7 @@ def _account(tally: _Tally, result: BatchResult, display: _Display) -> None:
     show_default=True,
     help="Directory for the images.",
 )
-@click.option("--timeout", type=float, metavar="SECONDS", help="Stop waiting after SECONDS.")
+@click.option("--timeout", type=_Seconds(), metavar="SECONDS", help="Stop waiting after SECONDS.")
 @_connection_options
 def fetch(job_id: str, out: Path, timeout: float | None, local: bool, base_url: str | None) -> None:
     """Wait for the job JOB_ID (started elsewhere) and download its images; print their paths."""
