@@ -508,3 +508,23 @@ def test_stale_parts_are_removed_but_not_another_process_s_download(tmp_path: Pa
     # Its writer is gone (however it ended): now it is stale.
     assert remove_stale_parts(tmp_path) == 1
     assert names(tmp_path) == set()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_bytes": 0},
+        {"max_bytes": 1.5},
+        {"not_ready_timeout": -1},
+        {"not_ready_initial": 0},
+        {"not_ready_max": float("nan")},
+        {"chunk_size": 0},
+        {"concurrency": 0},
+        {"concurrency": True},
+    ],
+)
+def test_download_policy_refuses_every_field_out_of_range(bad: dict[str, Any]) -> None:
+    from modelslab_async import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=rf"DownloadPolicy\.{next(iter(bad))}: got"):
+        DownloadPolicy(**bad)

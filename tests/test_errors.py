@@ -427,3 +427,11 @@ def test_request_validation_error_survives_a_value_whose_repr_fails() -> None:
 
     exc = RequestValidationError("extra", Broken(), "JSON values")
     assert str(exc) == "extra: got <unprintable Broken>, allowed JSON values"
+
+
+def test_a_huge_log_message_of_the_package_is_cut(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="modelslab_async"):
+        logging.getLogger("modelslab_async").debug("answer: %s", "z" * 2**20)
+    [record] = [r for r in caplog.records if r.name == "modelslab_async"]
+    assert len(record.getMessage()) <= 4000
+    assert "characters in all" in record.getMessage()

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+import anyio.lowlevel
 import pytest
 from aiohttp import web
 
@@ -656,7 +657,7 @@ class EndlessBody:
         self.sent: list[dict[str, Any]] = []
 
     async def receive(self) -> dict[str, Any]:
-        await anyio.sleep(0)  # a real server yields to the loop between messages
+        await anyio.lowlevel.checkpoint()  # a real server yields between messages
         self.read += 2**20
         return {"type": "http.request", "body": b" " * 2**20, "more_body": True}
 
