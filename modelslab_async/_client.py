@@ -38,7 +38,7 @@ from ._errors import (
 from ._poller import Poller, PollerStats, PollPolicy, _Tracked
 from ._redact import mask
 from ._transport import RetryPolicy, SubmitWatch, Timeouts, Transport
-from ._types import GeneratedImage, Generation, Job, Text2ImgRequest, trusted_replace
+from ._types import GeneratedImage, Generation, Job, Text2ImgRequest
 from ._webhook import WebhookReceiver
 
 if TYPE_CHECKING:
@@ -331,7 +331,7 @@ class Client:
         receiver = webhook if webhook is not None else self._webhook
         if receiver is not None and req.webhook is None:
             track_id = req.track_id if req.track_id is not None else f"mla-{uuid.uuid4().hex}"
-            req = trusted_replace(req, webhook=receiver.url, track_id=track_id)
+            req = attrs.evolve(req, webhook=receiver.url, track_id=track_id)
             wire = {**wire, "webhook": receiver.url, "track_id": track_id}
             receiver.pending(track_id)
         else:

@@ -560,7 +560,7 @@ def _http_error(
     job_id: JobId | None,
 ) -> ModelsLabError:
     """An HTTP error status with a non-JSON body -> its error class."""
-    from ._convert import error_from_answer
+    from ._error_map import error_from_answer
 
     return error_from_answer(
         None, status_code=status, url=url, job_id=job_id, retry_after=retry_after, body=raw
