@@ -42,7 +42,6 @@ import anyio
 import attrs
 
 from . import _constants as C
-from ._alloc import settle_allocator
 from ._convert import parse_answer
 from ._errors import (
     AmbiguousSubmitError,
@@ -282,7 +281,6 @@ class Transport:
             raise ClientStateError("the client is already open")
         if self._closed:
             raise ClientStateError("the client was closed; create a new one")
-        settle_allocator()
         connector = aiohttp.TCPConnector(
             limit=self.pool_limit, limit_per_host=self.pool_limit_per_host, ttl_dns_cache=300
         )

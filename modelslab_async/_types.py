@@ -192,7 +192,7 @@ REQUEST_FIELDS: tuple[RequestField, ...] = (
     F("safety_checker", bool, True, "Run the NSFW safety checker."),
     F("safety_checker_type", SafetyCheckerType, "sensitive_content_text",
       "What the safety checker does to a flagged image.", choices=SAFETY_CHECKER_TYPES),
-    F("seed", int | None, None, "Seed; None (the default) for a random one.",
+    F("seed", int | None, None, "Seed of the generator; random when not given.",
       low=0, high=MAX_SEED),
     F("guidance_scale", float, 7.5, "How closely the image follows the prompt.", low=1, high=20),
     F("injected_noise_alpha", float, 0.75, "Flux: injected noise alpha.", low=0, high=1),
@@ -235,6 +235,10 @@ def _field(name: str) -> Any:
     return attrs.field(default=spec.default, validator=spec.validate, converter=converter)
 
 
+#: How deep an undocumented field's value may nest lists and objects (deeper ones would
+#: exhaust the stack of every JSON encoder and ``repr`` on their way).
+MAX_EXTRA_DEPTH = 32
+
 #: The ``extra`` of every request without undocumented fields (read-only, so one will do).
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 
@@ -266,6 +270,12 @@ def _check_extra(inst: Any, attr: attrs.Attribute[Any], value: Mapping[str, Any]
             # Never quote what may be an API key, even before any client registered it.
             shown = "<redacted>" if name == "key" else value[name]
             raise RequestValidationError(f"extra[{name!r}]", shown, allowed)
+        if _nests_deeper(value[name], MAX_EXTRA_DEPTH):
+            raise RequestValidationError(
+                f"extra[{name!r}]",
+                f"<nested over {MAX_EXTRA_DEPTH} levels deep>",
+                f"JSON values nested at most {MAX_EXTRA_DEPTH} levels deep",
+            )
     if value:
         try:
             json.dumps(dict(value), allow_nan=False)
@@ -273,10 +283,22 @@ def _check_extra(inst: Any, attr: attrs.Attribute[Any], value: Mapping[str, Any]
             raise RequestValidationError(
                 "extra", dict(value), f"JSON-serialisable values ({exc})"
             ) from exc
-        except RecursionError:
-            raise RequestValidationError(
-                "extra", "<nested too deeply>", "JSON-serialisable values"
-            ) from None
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """True when *value* nests lists or mappings more than *limit* levels deep (or forever,
+    as a list holding itself does); walked level by level, never by recursion."""
+    level = [value]
+    for _ in range(limit + 1):
+        level = [
+            child
+            for item in level
+            if isinstance(item, Mapping | list | tuple)
+            for child in (item.values() if isinstance(item, Mapping) else item)
+        ]
+        if not level:
+            return False
+    return True
 
 
 # --- the request -------------------------------------------------------------------------

@@ -25,8 +25,8 @@ from modelslab_async import (
     ResponseFormatError,
     ServerError,
     Text2ImgRequest,
+    _scalars,
 )
-from modelslab_async import _scalars
 from modelslab_async._convert import (
     _META_FIELDS,
     _structure_meta,
@@ -875,8 +875,6 @@ def test_batch_result_is_ok_without_an_error_and_holds_paths() -> None:
     assert ok.files == (Path("out/1-0.png"),)
     failed = BatchResult(index=4, request=None, error=GenerationFailed(1))
     assert not failed.ok
-
-
 
 
 # --- meta: whatever the server sends, nothing fails and nothing is lost ----------------------

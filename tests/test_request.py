@@ -16,14 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import modelslab_async as m
-from modelslab_async import RequestValidationError, Text2ImgRequest
+from modelslab_async import RequestValidationError, Text2ImgRequest, _types
 from modelslab_async._convert import (
     fingerprint,
     request_from_wire,
     request_to_json,
     request_to_wire,
 )
-from modelslab_async import _types
 from modelslab_async._types import (
     DOCUMENTED_FIELDS,
     REQUEST_FIELDS,
@@ -638,7 +637,8 @@ def test_the_table_bounds_are_the_ones_the_request_enforces(spec: Any) -> None:
 def test_the_readme_field_list_is_the_table() -> None:
     readme = (ROOT / "README.md").read_text()
     begin, end = "<!-- request-fields: begin -->\n", "<!-- request-fields: end -->"
-    assert begin in readme and end in readme
+    assert begin in readme
+    assert end in readme
     listed = readme.split(begin, 1)[1].split(end, 1)[0]
     assert listed == request_fields_markdown(), (
         "README.md's field list differs from REQUEST_FIELDS; paste this between the markers:\n"
@@ -653,16 +653,28 @@ def test_text_fields_show_their_length_not_their_text_when_too_long() -> None:
     assert "14000 characters" in str(info.value)
 
 
-@pytest.mark.parametrize("depth", [50, 5000])
-def test_a_deeply_nested_extra_value_is_a_validation_error(depth: int) -> None:
-    nested: Any = 1
-    for _ in range(depth):
-        nested = [nested]
-    if depth <= 100:
-        assert Text2ImgRequest(prompt="x", extra={"lora": nested}).extra["lora"] == nested
-        return
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for i in range(depth):
+        value = [value] if i % 2 else {"a": value}
+    return value
+
+
+def test_an_extra_value_may_nest_32_levels_deep() -> None:
+    assert Text2ImgRequest(prompt="x", extra={"lora": _nested(32)}).extra["lora"] == _nested(32)
+
+
+@pytest.mark.parametrize("depth", [33, 5000, 10**6])
+def test_a_deeper_extra_value_is_a_validation_error(depth: int) -> None:
+    with pytest.raises(RequestValidationError, match=r"extra\['lora'\].*at most 32 levels"):
+        Text2ImgRequest(prompt="x", extra={"lora": _nested(depth)})
+
+
+def test_an_extra_value_that_holds_itself_is_a_validation_error() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
     with pytest.raises(RequestValidationError, match="extra"):
-        Text2ImgRequest(prompt="x", extra={"lora": nested})
+        Text2ImgRequest(prompt="x", extra={"lora": loop})
 
 
 def test_replace_and_evolve_run_every_check_again() -> None:
