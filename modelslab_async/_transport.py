@@ -1,6 +1,6 @@
 """HTTP transport: one aiohttp session per client, timeouts, retries, rate-limit pacing.
 
-Retry rules (DESIGN.md §6), as a decision table in :func:`retry_decision`:
+Retry rules (README.md, "Retries and duplicate charges"), a table in :func:`retry_decision`:
 
 ==========================  ==============  =================================
 outcome                     fetch/download  submit
@@ -57,7 +57,7 @@ from ._errors import (
     ServerError,
     TransportError,
 )
-from ._redact import excerpt, mask, register_secret, unregister_secret
+from ._redact import mask, register_secret, unregister_secret
 from ._types import Generation, Job, Text2ImgRequest
 from ._version import __version__
 
@@ -570,7 +570,6 @@ __all__ = [
     "RetryPolicy",
     "Timeouts",
     "Transport",
-    "excerpt",
     "is_testing",
     "parse_retry_after",
     "retry_decision",
