@@ -54,7 +54,7 @@ from ._errors import (
     ServerError,
     TransportError,
 )
-from ._redact import Secret, excerpt, mask, register_secret, unregister_secret
+from ._redact import Secret, mask, register_secret, unregister_secret
 from ._types import Generation, Job, Text2ImgRequest
 from ._version import __version__
 
@@ -700,7 +700,7 @@ def _http_error(
     job_id: JobId | None,
 ) -> ModelsLabError:
     """An HTTP error status with a non-JSON body -> its error class."""
-    from ._convert import error_from_answer
+    from ._error_map import error_from_answer
 
     return error_from_answer(
         None, status_code=status, url=url, job_id=job_id, retry_after=retry_after, body=raw
@@ -716,7 +716,6 @@ __all__ = [
     "SubmitWatch",
     "Timeouts",
     "Transport",
-    "excerpt",
     "flag",
     "is_testing",
     "job_path",

@@ -6,8 +6,6 @@ import email.utils
 import math
 import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -782,67 +780,6 @@ async def test_an_api_error_with_a_5xx_status_is_not_retried(op: str) -> None:
             await (submit(t) if op == "submit" else t.fetch(1))
     assert info.value.status_code == 500
     assert server.count() == 1
-
-
-_HEAP_PROBE = """
-import ctypes, importlib.util, sys
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.sbrk.restype = ctypes.c_void_p
-
-def read_buffer_from_heap():
-    # The allocation asyncio's selector transport makes for every recv (256 KiB + header).
-    # Not freed: freeing an mmapped block would itself move the threshold.
-    return libc.malloc(256 * 1024 + 33) < libc.sbrk(0)
-
-spec = importlib.util.spec_from_file_location("_alloc", sys.argv[1])
-alloc = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(alloc)
-before = read_buffer_from_heap()
-alloc.settle_allocator()
-alloc.settle_allocator()  # once per process: the second call does nothing
-print(before, read_buffer_from_heap())
-"""
-
-
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION"),
-    reason="glibc's dynamic mmap threshold",
-)
-def test_settle_allocator_moves_socket_read_buffers_off_mmap() -> None:
-    import modelslab_async._alloc as alloc
-
-    # A bare interpreter (the module alone, no package imports) serves a 256 KiB read
-    # buffer with mmap; after settle_allocator, from the heap.
-    out = subprocess.run(
-        [sys.executable, "-I", "-c", _HEAP_PROBE, alloc.__file__],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert out.stdout.split() == ["False", "True"]
-
-
-_OPEN_A_TRANSPORT = """
-import sys, anyio
-from modelslab_async._transport import Transport
-
-async def main():
-    async with Transport(api_key="k", base_url="http://127.0.0.1:1"):
-        pass
-
-anyio.run(main)
-print(sorted(name for name in sys.modules if "alloc" in name.rpartition(".")[2]))
-"""
-
-
-def test_opening_a_transport_leaves_the_process_allocator_alone() -> None:
-    # A library must not change its host process: the allocator nudge is the CLI's (an
-    # application's) choice, made in its own main().
-    out = subprocess.run(
-        [sys.executable, "-c", _OPEN_A_TRANSPORT], capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "[]"
 
 
 # --- hostile servers: redirects, escaped ids, oversized answers --------------------------------
