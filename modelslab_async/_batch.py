@@ -40,8 +40,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from ._client import coerce_request
-from ._convert import request_to_wire, wire_fingerprint
+from ._convert import coerce_request, request_to_wire, wire_fingerprint
 from ._download import remove_stale_parts, verify_image_file
 from ._errors import (
     AmbiguousSubmitError,

@@ -451,6 +451,48 @@ def request_from_wire(data: Mapping[str, Any]) -> Text2ImgRequest:
     return Text2ImgRequest(**kwargs, extra=extra)
 
 
+def coerce_request(
+    request: Text2ImgRequest | Mapping[str, Any] | str | None, fields: Mapping[str, Any]
+) -> Text2ImgRequest:
+    """A :class:`Text2ImgRequest` from a request, a mapping, a prompt string, or fields."""
+    if fields and not isinstance(request, Mapping):
+        _check_field_names(fields)
+    if isinstance(request, Text2ImgRequest):
+        return request.replace(**fields) if fields else request
+    if isinstance(request, str):
+        return Text2ImgRequest(prompt=request, **fields)
+    if isinstance(request, Mapping):
+        return request_from_wire({**request, **fields})
+    if request is None:
+        if "prompt" not in fields:
+            raise RequestValidationError("prompt", None, "a non-empty string (prompt is required)")
+        return Text2ImgRequest(**fields)
+    raise RequestValidationError(
+        "request", type(request).__name__, "a Text2ImgRequest, a mapping of fields or a prompt"
+    )
+
+
+_REQUEST_FIELD_NAMES = frozenset(f.name for f in attrs.fields(Text2ImgRequest))
+
+
+def _check_field_names(fields: Mapping[str, Any]) -> None:
+    """Keyword fields must be request fields: ``key=...`` (the API body's name for the key)
+    or a misspelt field is a RequestValidationError, not a TypeError from the constructor.
+    Their values are not quoted: one may be a key under another name."""
+    known = _REQUEST_FIELD_NAMES
+    for name in fields:
+        if name == "key":
+            raise RequestValidationError(
+                "key", "<redacted>", "no API key in a request (the client adds it)"
+            )
+        if name not in known:
+            raise RequestValidationError(
+                name,
+                "<unknown field>",
+                "a Text2ImgRequest field (undocumented API fields go in extra={...})",
+            )
+
+
 def _coerce_field(name: str, value: Any, type_: Any) -> Any:
     """Loose input -> typed value; leaves the value unchanged when it cannot convert, so the
     request's own validator reports it with the allowed range."""
