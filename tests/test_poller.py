@@ -28,7 +28,7 @@ from modelslab_async import (
     PollPolicy,
     RetryPolicy,
 )
-from modelslab_async._poller import (
+from modelslab_async._schedule import (
     FIRST_REFRESH,
     SUBMIT,
     ScheduleModel,
