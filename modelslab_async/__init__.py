@@ -1,7 +1,7 @@
 """modelslab_async: an asyncio-first SDK for the ModelsLab text-to-image (Flux) API."""
 
 # No ``from __future__ import annotations`` here: it would add a public ``annotations`` name.
-from ._batch import BatchProgress
+from ._batch import BatchOptions, BatchProgress
 from ._client import Client, ClientStats
 from ._download import DownloadPolicy
 from ._errors import (
@@ -22,6 +22,7 @@ from ._errors import (
     TransportError,
 )
 from ._poller import PollPolicy
+from ._slots import Lease, LocalSlots, Slots, SlotStatistics
 from ._transport import RetryPolicy, Timeouts, set_testing
 from ._types import (
     BatchResult,
@@ -40,6 +41,7 @@ __all__ = [
     "AmbiguousSubmitError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchOptions",
     "BatchProgress",
     "BatchResult",
     "Client",
@@ -53,6 +55,8 @@ __all__ = [
     "GenerationFailed",
     "GenerationTimeout",
     "Job",
+    "Lease",
+    "LocalSlots",
     "Meta",
     "ModelsLabError",
     "PollPolicy",
@@ -62,6 +66,8 @@ __all__ = [
     "RetryPolicy",
     "SafetyCheckerType",
     "ServerError",
+    "SlotStatistics",
+    "Slots",
     "Text2ImgRequest",
     "Timeouts",
     "TransportError",

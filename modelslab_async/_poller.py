@@ -22,7 +22,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -192,7 +192,7 @@ class _Tracked:
     in_fetch: bool = False
     wake_pending: bool = False
     hold_until: float | None = None  # a webhook job's safety-net check (a wake keeps it)
-    on_resolved: Callable[[_Tracked], None] | None = None
+    on_resolved: OnResolved | None = None
 
 
 @attrs.frozen
@@ -207,6 +207,7 @@ class PollerStats:
 
 
 Fetch = Callable[[JobId, Job], Coroutine[Any, Any, Job | Generation]]
+OnResolved = Callable[["_Tracked"], Awaitable[None]]
 
 
 class Poller:
@@ -247,14 +248,15 @@ class Poller:
         self,
         job: Job,
         *,
-        on_resolved: Callable[[_Tracked], None] | None = None,
+        on_resolved: OnResolved | None = None,
         first_check: float | None = None,
     ) -> _Tracked:
         """Start tracking *job*; a job already tracked keeps its entry, which is returned.
 
-        *on_resolved* is called once, when the job resolves or stops being tracked (its
-        last waiter left). ``first_check`` (seconds from now) overrides the schedule's
-        first check, e.g. for webhook jobs whose poll is only a safety net.
+        *on_resolved* is awaited once (shielded from cancellation), when the job resolves,
+        after its waiters are woken, or when it stops being tracked (its last waiter left).
+        ``first_check`` (seconds from now) overrides the schedule's first check, e.g. for
+        webhook jobs whose poll is only a safety net.
         """
         existing = self._tracked.get(job.id)
         if existing is not None and not existing.resolved:
@@ -312,7 +314,7 @@ class Poller:
         finally:
             entry.waiters -= 1
             if not entry.resolved and entry.waiters == 0:
-                self._drop(entry)
+                await self._drop(entry)
         if entry.error is not None:
             raise entry.error
         assert entry.result is not None  # resolved: a result or an error
@@ -338,7 +340,7 @@ class Poller:
             async with anyio.create_task_group() as tg, send, receive:
                 task_status.started()
                 while True:
-                    self._dispatch_due(tg, send, receive)
+                    await self._dispatch_due(tg, send, receive)
                     self._wakeup = wakeup = anyio.Event()
                     delay = self._heap[0][0] - self._clock() if self._heap else math.inf
                     with anyio.move_on_after(delay):
@@ -346,7 +348,7 @@ class Poller:
         finally:
             self._wakeup = None
             for entry in list(self._tracked.values()):
-                self._resolve(
+                await self._resolve(
                     entry,
                     error=ClientStateError(
                         f"the client closed while job {entry.job_id} was still processing "
@@ -356,7 +358,7 @@ class Poller:
 
     # --- internals ------------------------------------------------------------------------
 
-    def _dispatch_due(
+    async def _dispatch_due(
         self,
         tg: anyio.abc.TaskGroup,
         send: MemoryObjectSendStream[_Tracked],
@@ -370,7 +372,8 @@ class Poller:
             if version != entry.version or entry.resolved or entry.in_fetch:
                 continue
             if entry.deadline is not None and now >= entry.deadline:
-                self._resolve(entry, error=GenerationTimeout(entry.job_id, now - entry.answered))
+                waited = now - entry.answered
+                await self._resolve(entry, error=GenerationTimeout(entry.job_id, waited))
                 continue
             entry.in_fetch = True
             send.send_nowait(entry)
@@ -426,13 +429,13 @@ class Poller:
                 self._fetches += 1
                 answer = await self._fetch(entry.job_id, entry.job)
             except (GenerationFailed, AuthenticationError, BadRequestError) as exc:
-                self._resolve(entry, error=exc)
+                await self._resolve(entry, error=exc)
                 return
             except (APIError, ModelsLabError) as exc:
                 entry.errors += 1
                 log.debug("fetch %s failed (%d): %s", entry.job_id, entry.errors, exc)
                 if entry.errors >= self.policy.max_fetch_errors:
-                    self._resolve(entry, error=exc)
+                    await self._resolve(entry, error=exc)
                 elif not entry.resolved:
                     entry.backoffs += 1
                     self._arm_backoff(entry, self._clock())
@@ -451,7 +454,7 @@ class Poller:
                         entry.last_check - entry.first_anchor,
                         sent - entry.first_anchor,
                     )
-                self._resolve(entry, result=answer)
+                await self._resolve(entry, result=answer)
                 return
             self._on_processing(entry, answer, sent)
         finally:
@@ -487,7 +490,7 @@ class Poller:
             entry.backoffs = 0
         self._arm_next(entry, self._clock())
 
-    def _resolve(
+    async def _resolve(
         self,
         entry: _Tracked,
         *,
@@ -503,17 +506,20 @@ class Poller:
         if self._tracked.get(entry.job_id) is entry:
             del self._tracked[entry.job_id]
         entry.resolved = True
-        # The callback first (it frees the job's slot), then the waiters.
-        if entry.on_resolved is not None:
-            entry.on_resolved(entry)
         if entry.done is not None:
             entry.done.set()
+        await self._call_back(entry)
 
-    def _drop(self, entry: _Tracked) -> None:
+    async def _drop(self, entry: _Tracked) -> None:
         """Stop tracking without a result (its last waiter left)."""
         entry.version += 1
         if self._tracked.get(entry.job_id) is entry:
             del self._tracked[entry.job_id]
-        if entry.on_resolved is not None:
-            callback, entry.on_resolved = entry.on_resolved, None
-            callback(entry)
+        await self._call_back(entry)
+
+    @staticmethod
+    async def _call_back(entry: _Tracked) -> None:
+        callback, entry.on_resolved = entry.on_resolved, None
+        if callback is not None:
+            with anyio.CancelScope(shield=True):  # it frees the job's slot
+                await callback(entry)
