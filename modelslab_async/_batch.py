@@ -335,14 +335,13 @@ class _Batch:
             self._workers -= 1
 
     async def _record(self, **fields: Any) -> None:
-        """Append the record made of *fields* to the manifest; without one, nothing (and
-        no record object) is made."""
+        """Append the record made of *fields* to the manifest, if the batch has one."""
         if self.manifest is not None:
             await self.manifest.append(ManifestRecord(**fields))
 
     async def _process(self, index: int, raw: RequestLike) -> BatchResult:
         try:
-            request = raw if type(raw) is Text2ImgRequest else coerce_request(raw, {})
+            request = coerce_request(raw, {})
         except ModelsLabError as exc:
             self.queued -= 1
             await self._record(index=index, state="failed", fingerprint="", error=error_record(exc))
