@@ -259,6 +259,7 @@ class Client:
         if receiver is None or request.webhook is not None:
             receiver = None
         try:
+            self._check_open()  # it may have closed while this submit waited for a slot
             if receiver is not None:
                 track_id = request.track_id
                 if track_id is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import math
 import time
 from collections.abc import Callable, Collection
@@ -29,6 +30,8 @@ from . import _constants as C
 from ._errors import ConfigurationError
 
 __all__ = ["AdaptiveLimit", "Lease", "LocalSlots", "SlotStatistics", "Slots"]
+
+log = logging.getLogger("modelslab_async")
 
 
 @attrs.frozen
@@ -186,7 +189,8 @@ class AdaptiveLimit:
     Every accepted submit adds ``1/limit``, so the limit grows by one per round of
     ``limit`` accepted submits, up to ``maximum``; a rate-limit answer halves it (never
     below 1), at most once per ``max(cooldown, retry_after)`` seconds. The new limit goes to
-    :meth:`Slots.set_limit`, so slots shared by several processes learn it for all.
+    :meth:`Slots.set_limit`, so slots shared by several processes learn it for all; a
+    failure to set it is logged, never raised (the old limit stays).
     """
 
     def __init__(
@@ -213,7 +217,7 @@ class AdaptiveLimit:
         self._credit += 1.0 / limit
         if self._credit >= 1.0:
             self._credit = 0.0
-            await self.slots.set_limit(min(self.maximum, limit + 1))
+            await self._set(min(self.maximum, limit + 1))
 
     async def rate_limited(self, retry_after: float) -> None:
         """A submit was refused for a rate or queue limit, to be retried after *retry_after*
@@ -224,4 +228,10 @@ class AdaptiveLimit:
         self._last_decrease = now
         self._credit = 0.0
         self.decreases += 1
-        await self.slots.set_limit(max(1, self.slots.limit // 2))
+        await self._set(max(1, self.slots.limit // 2))
+
+    async def _set(self, limit: int) -> None:
+        try:
+            await self.slots.set_limit(limit)
+        except Exception as exc:
+            log.warning("could not set the learned limit to %d: %s", limit, exc)

@@ -536,6 +536,27 @@ def test_slots_and_an_explicit_max_in_flight_are_refused_together() -> None:
             Client(KEY, max_in_flight=bad)  # type: ignore[arg-type]
 
 
+async def test_a_submit_waiting_for_a_slot_when_the_client_closes_submits_nothing() -> None:
+    outcome: list[BaseException] = []
+    async with Emulator(EmulatorConfig(duration=60.0)) as emu:
+        client = Client(KEY, base_url=emu.base_url, max_in_flight=1, retry=FAST_RETRY)
+        with anyio.fail_after(10):  # a hang guard
+            async with anyio.create_task_group() as tg, client:
+                await client.submit(prompt="first")
+
+                async def second() -> None:
+                    try:
+                        await client.submit(prompt="second")
+                    except ClientStateError as exc:
+                        outcome.append(exc)
+
+                tg.start_soon(second)
+                await wait_until(lambda: client.statistics().waiting_for_slot == 1)
+    [error] = outcome
+    assert "closed" in str(error)
+    assert emu.stats.total_jobs == 1  # the waiting submit was not sent at shutdown
+
+
 async def test_a_wait_pending_when_the_client_closes_raises_client_state_error() -> None:
     # A web backend shutting down while requests still wait for their images: every
     # waiter must be told, not left hanging (the job itself goes on, fetchable by id).
