@@ -1,10 +1,12 @@
 """The batch engine behind ``Client.generate_many``.
 
-Items are pulled from the input only when one of ``max_in_flight`` slots is free, so
+``max_in_flight`` workers each take an item from the input only when they are free, so
 the input (an iterable or async iterable, possibly endless) is never read ahead; each
-item is submitted, waited for by the client's poller, downloaded, and yielded as soon as
-it completes. A result waits for the consumer before its slot is freed, so a slow
-consumer slows the batch instead of filling memory.
+item is submitted (in one of the client's slots), waited for by the client's poller,
+downloaded, and yielded as soon as it completes. A worker hands its result to the
+consumer over a zero-buffer stream and takes the next item only once the consumer has
+it, so a slow consumer slows the batch instead of filling memory. The engine knows the
+client only through :class:`BatchClient`.
 
 With a manifest, every state change is appended and fsynced before the next step: a
 rerun yields ``done`` items from the manifest (their files verified) without a network
@@ -303,9 +305,9 @@ class _Batch:
         items: _Items,
         results: MemoryObjectSendStream[BatchResult],
     ) -> None:
-        """One in-flight slot: takes an item, runs it, hands its result to the consumer
-        (waiting until it is taken), then takes the next. A worker that got an item starts
-        the next worker, up to the limit, so input is read only as slots free up."""
+        """Takes an item, runs it, hands its result to the consumer (waiting until it is
+        taken), then takes the next. A worker that got an item starts the next worker, up
+        to the limit, so input is read only as workers free up."""
         try:
             while True:
                 got = await items.take()
