@@ -268,7 +268,8 @@ class Client:
                 receiver.pending(track_id)
             answer = await self._transport.submit(request, request_to_wire(request), watch=watch)
         except BaseException:
-            await self._release(lease)
+            with anyio.CancelScope(shield=True):
+                await self._release(lease)
             if receiver is not None and request.track_id is not None:
                 receiver.forget(request.track_id)
             raise
@@ -306,11 +307,10 @@ class Client:
 
     async def _release(self, lease: Lease) -> None:
         self._leases.discard(lease)
-        with anyio.CancelScope(shield=True):
-            try:
-                await self._slots.release(lease)
-            except Exception as exc:  # the slot comes back when its lease expires
-                log.warning("could not release a slot: %s", exc)
+        try:
+            await self._slots.release(lease)
+        except Exception as exc:  # the slot comes back when its lease expires
+            log.warning("could not release a slot: %s", exc)
 
     async def _renew_leases(self, interval: float) -> None:
         """Renew the leases of every job in flight each *interval* seconds, so that slots

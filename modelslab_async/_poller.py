@@ -306,11 +306,13 @@ class Poller:
             if not entry.resolved:
                 if entry.done is None:
                     entry.done = anyio.Event()
-                started = self._clock()
-                with anyio.move_on_after(timeout):
+                if timeout is None:
                     await entry.done.wait()
-                if not entry.resolved:
-                    raise GenerationTimeout(entry.job_id, self._clock() - started)
+                else:
+                    with anyio.move_on_after(timeout):
+                        await entry.done.wait()
+                    if not entry.resolved:
+                        raise GenerationTimeout(entry.job_id, timeout)
         finally:
             entry.waiters -= 1
             if not entry.resolved and entry.waiters == 0:

@@ -159,7 +159,10 @@ class LocalSlots:
 
     async def acquire(self) -> Lease:
         lease = Lease(f"local-{next(_lease_numbers)}")
-        await self._limiter.acquire_on_behalf_of(lease)
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(lease)  # a slot is free, nobody waits
+        except anyio.WouldBlock:
+            await self._limiter.acquire_on_behalf_of(lease)
         return lease
 
     async def release(self, lease: Lease) -> None:
