@@ -249,9 +249,12 @@ class Client:
         *,
         watch: SubmitWatch | None = None,
         webhook: WebhookReceiver | None = None,
+        job_meta: bool = True,
     ) -> Job | Generation:
         """:meth:`submit`; *watch* is told about each attempt (the batch's write-ahead
-        record), *webhook* overrides the client's receiver."""
+        record), *webhook* overrides the client's receiver, ``job_meta=False`` leaves the
+        processing answer's ``meta`` out of the :class:`Job` (for a caller that never
+        shows the job)."""
         self._check_open()
         lease = await self._slots.acquire()
         self._leases.add(lease)
@@ -266,7 +269,8 @@ class Client:
                     track_id = f"mla-{uuid.uuid4().hex}"
                 request = attrs.evolve(request, webhook=receiver.url, track_id=track_id)
                 receiver.pending(track_id)
-            answer = await self._transport.submit(request, request_to_wire(request), watch=watch)
+            wire = request_to_wire(request)
+            answer = await self._transport.submit(request, wire, watch=watch, job_meta=job_meta)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._release(lease)
@@ -497,7 +501,8 @@ class _BatchView:
         watch: SubmitWatch | None,
         webhook: WebhookReceiver | None,
     ) -> Job | Generation:
-        return await self._client._submit(request, watch=watch, webhook=webhook)
+        # The batch yields the finished generation (with its own meta), never the Job.
+        return await self._client._submit(request, watch=watch, webhook=webhook, job_meta=False)
 
     async def wait(self, job: Job | Generation) -> Generation:
         return await self._client.wait(job)
