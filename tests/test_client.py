@@ -8,8 +8,10 @@ emulator's ``stats``) instead. ``fail_after`` bounds are hang guards only.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+import uuid
 from collections.abc import Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -43,7 +45,8 @@ from modelslab_async import (
 from modelslab_async._slots import AdaptiveLimit
 from modelslab_async.emulator import Emulator, EmulatorConfig
 from modelslab_async.emulator._config import EtaMode
-from tests._emulated import emulated_client, job_stats
+from tests._emulated import GUARD, emulated_client, job_stats
+from tests._redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
 
@@ -236,7 +239,7 @@ async def test_cancelling_one_waiter_leaves_the_others_alone() -> None:
 
 
 async def test_a_queue_limit_429_pauses_submits_and_fails_no_item() -> None:
-    config = EmulatorConfig(workers=2, duration=0.1, max_queued_per_key=2, retry_after=0.05)
+    config = EmulatorConfig(workers=2, duration=0.1, max_queued_per_key=2, queue_retry_after=0.05)
     async with emulated(config, max_in_flight=6) as (emu, client):
         gens: list[Generation] = []
 
@@ -255,7 +258,7 @@ async def test_a_queue_limit_429_pauses_submits_and_fails_no_item() -> None:
 
 
 async def test_auto_in_flight_backs_off_on_429_and_grows_back() -> None:
-    config = EmulatorConfig(workers=3, duration=0.05, max_queued_per_key=3, retry_after=0.05)
+    config = EmulatorConfig(workers=3, duration=0.05, max_queued_per_key=3, queue_retry_after=0.05)
     async with emulated(config, max_in_flight="auto") as (emu, client):
         start = client.in_flight_limit
         limits: list[int] = []
@@ -522,6 +525,38 @@ async def test_auto_learns_the_limit_of_the_slots_it_is_given() -> None:
     assert min(slots.limits) < 8  # halved on the queue-limit answers, on the given slots
 
 
+async def test_clients_sharing_redis_slots_stay_under_the_shared_cap_while_leases_renew(
+    redis_server: RedisServer,
+) -> None:
+    # Two clients (as two processes would) share a cap of 2 through Redis. Leases live
+    # 1 s and jobs 1.5 s: only the clients' renewals keep a running job's slot held, so
+    # without them a third job would be submitted and refused for the queue limit.
+    from modelslab_async import RedisSlots
+
+    name = f"test-client-{uuid.uuid4().hex}"
+    config = EmulatorConfig(
+        workers=4, duration=1.5, max_queued_per_key=2, retry_after=0.05, queue_retry_after=0.05
+    )
+    async with Emulator(config) as emu:
+        clients = [
+            Client(
+                KEY,
+                base_url=emu.base_url,
+                slots=RedisSlots(redis_server.url, 2, name=name, lease=1.0),
+                retry=FAST_RETRY,
+            )
+            for _ in range(2)
+        ]
+        with anyio.fail_after(GUARD):
+            async with clients[0], clients[1], anyio.create_task_group() as tg:
+                for i in range(4):
+                    tg.start_soon(functools.partial(clients[i % 2].text2img, prompt=f"job {i}"))
+        stats = [c.statistics() for c in clients]
+    assert emu.stats.total_jobs == 4
+    assert emu.stats.queue_limited() == 0
+    assert all(s.in_flight == 0 for s in stats)
+
+
 def test_slots_and_an_explicit_max_in_flight_are_refused_together() -> None:
     with pytest.raises(ConfigurationError, match=r"max_in_flight: got 3 together with slots"):
         Client(KEY, slots=LocalSlots(2), max_in_flight=3)
@@ -599,7 +634,9 @@ async def test_the_key_appears_in_no_error_message_repr_or_log_line(
             await client.submit(prompt="a red fox")
         errors.append(auth.value)
     # A timeout, a queue-limit 429, failed jobs, and the links of a failed job (never ready).
-    config = EmulatorConfig(duration=0.2, fail_rate=1.0, max_queued_per_key=1, retry_after=0.05)
+    config = EmulatorConfig(
+        duration=0.2, fail_rate=1.0, max_queued_per_key=1, queue_retry_after=0.05
+    )
     download = DownloadPolicy(not_ready_timeout=0.05, not_ready_initial=0.01)
     async with emulated(config, download=download) as (_emu, client):
         first = await client.submit(prompt="first")
