@@ -509,7 +509,7 @@ async def test_local_slots_need_no_renewal_task() -> None:
 
 async def test_auto_learns_the_limit_of_the_slots_it_is_given() -> None:
     slots = RecordingSlots(8)
-    config = EmulatorConfig(workers=2, duration=0.05, max_queued_per_key=2, retry_after=0.05)
+    config = EmulatorConfig(workers=2, duration=0.05, max_queued_per_key=2, queue_retry_after=0.05)
     async with emulated(config, slots=slots, max_in_flight="auto") as (emu, client):
         assert "(auto)" in repr(client)
         assert "slots=RecordingSlots" in repr(client)
