@@ -1,6 +1,7 @@
 """modelslab_async: an asyncio-first SDK for the ModelsLab text-to-image (Flux) API."""
 
 # No ``from __future__ import annotations`` here: it would add a public ``annotations`` name.
+from importlib import import_module as _import_module
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
@@ -93,9 +94,7 @@ _LAZY = {"RaySlots": "._ray_slots", "RedisSlots": "._redis_slots"}
 def __getattr__(name: str) -> _Any:
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    obj = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    obj = getattr(_import_module(_LAZY[name], __name__), name)
     obj.__module__ = __name__
     globals()[name] = obj
     return obj

@@ -195,8 +195,10 @@ def optimal_offsets(
     return offsets
 
 
-#: The kind of anchor a schedule is for: the submit answer, the first fetch answer, later ones.
-SUBMIT, FIRST_REFRESH, REFRESH = 0, 1, 2
+# The kind of anchor a schedule is for:
+SUBMIT = 0  # the submit answer,
+FIRST_REFRESH = 1  # the first fetch answer that re-anchored the job,
+REFRESH = 2  # a later one.
 
 
 class ScheduleModel:
