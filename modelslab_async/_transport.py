@@ -413,13 +413,20 @@ class Transport:
         self._closed = False
         self.counters: dict[str, int] = {"submit": 0, "fetch": 0, "download": 0, "retries": 0}
         register_secret(self._key)
+        self._registered = True
 
     def __repr__(self) -> str:
         return f"Transport(base_url={self.base_url!r}, api_key={mask(self._key)})"
 
+    def _forget_key(self) -> None:
+        """Take the key out of the redaction registry (once): when the transport closes,
+        or is collected without having been opened."""
+        if self.__dict__.pop("_registered", False):
+            unregister_secret(self._key)
+
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown
-            unregister_secret(self._key)
+            self._forget_key()
 
     async def __aenter__(self) -> Transport:
         if self._session is not None:
@@ -440,9 +447,15 @@ class Transport:
     async def __aexit__(self, *exc: object) -> None:
         session, self._session = self._session, None
         self._closed = True
-        if session is not None:
-            with anyio.CancelScope(shield=True):
-                await session.close()
+        try:
+            if session is not None:
+                with anyio.CancelScope(shield=True):
+                    await session.close()
+        finally:
+            # No request is made after this: nothing more can echo the key back. (Left to
+            # the collector, a closed client's key would go on masking text, even parts of
+            # words when it is short, for as long as reference cycles keep it alive.)
+            self._forget_key()
 
     @property
     def session(self) -> aiohttp.ClientSession:

@@ -437,8 +437,8 @@ async def test_two_runs_on_one_folder_create_each_job_once(tmp_path: Path) -> No
     config = EmulatorConfig(workers=4, duration=(0.05, 0.1))
     async with (
         Emulator(config) as emu,
-        Client("k", base_url=emu.base_url) as one,
-        Client("k", base_url=emu.base_url) as two,
+        Client("two-runs-key-3b9e", base_url=emu.base_url) as one,
+        Client("two-runs-key-3b9e", base_url=emu.base_url) as two,
         anyio.create_task_group() as tg,
     ):
         tg.start_soon(run, one)

@@ -1030,3 +1030,15 @@ def test_a_client_that_refuses_its_options_keeps_the_key_out_of_the_traceback() 
     report = _with_locals(info.value)
     assert "api_key = " in report
     assert KEY not in report
+
+
+async def test_a_closed_transport_no_longer_masks_its_key() -> None:
+    from modelslab_async._redact import redact
+
+    t = Transport(api_key="back", base_url="http://127.0.0.1:1")
+    async with t:
+        assert redact("initial_backoff") == "initial_***off"
+    # Still referenced, not collected: the key is forgotten all the same (a short key left
+    # registered cut words in later messages of other clients).
+    assert redact("initial_backoff") == "initial_backoff"
+    assert "4 chars" in repr(t)
