@@ -200,3 +200,20 @@ def test_the_report_command_rebuilds_the_page_from_the_manifest(tmp_path: Path) 
     missing = cli(tmp_path, "report", "out")
     assert missing.returncode == 2
     assert b"no manifest at out/manifest.jsonl" in missing.stderr
+
+
+def test_a_manifest_that_cannot_be_read_is_exit_2_for_report_and_no_report_for_batch(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.jsonl").write_bytes(b"[" * 100_000 + b"\n")
+    rebuilt = cli(tmp_path, "report", "out")
+    assert rebuilt.returncode == 2
+    assert b"Traceback" not in rebuilt.stderr
+    assert b"nested too deeply" in rebuilt.stderr
+    batch = cli(tmp_path, "batch", str(_prompts(tmp_path, 1)), "--out", "out", "--local")
+    assert batch.returncode == 2
+    assert b"Traceback" not in batch.stderr
+    assert b"No report: out/manifest.jsonl holds a line nested too deeply" in batch.stderr
+    assert not (out / REPORT_NAME).exists()

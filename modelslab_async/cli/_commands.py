@@ -48,7 +48,7 @@ from ._options import (
     slots_options,
     validated,
 )
-from ._reporting import report_link, run_stats, write_batch_report
+from ._reporting import REPORT_ERRORS, report_link, run_stats, write_batch_report
 from ._run import (
     EXIT_BROKEN_PIPE,
     EXIT_FAILED,
@@ -393,8 +393,8 @@ def report(directory: Path, manifest: Path | None) -> None:
         raise UsageFailure(f"no manifest at {manifest_path}: nothing to report")
     try:
         path = write_report(directory, manifest=manifest_path)
-    except (OSError, ValueError) as exc:
-        raise UsageFailure(f"{type(exc).__name__}: {exc}") from None
+    except REPORT_ERRORS as exc:
+        raise UsageFailure(error_line(exc, manifest_path).removeprefix("Error: ")) from None
     click.echo(report_link(path))
 
 

@@ -14,6 +14,11 @@ from rich.console import Console
 
 from .._report import write_report
 from ._display import Tally, say
+from ._run import error_line
+
+#: What writing the report raises on files it cannot read (a manifest that is not UTF-8 or
+#: nested too deeply, a folder that cannot be written) or without Jinja2.
+REPORT_ERRORS = (OSError, ValueError, ImportError, RecursionError)
 
 
 def run_stats(tally: Tally, lags: Sequence[float] | None) -> dict[str, float]:
@@ -50,11 +55,11 @@ async def write_batch_report(
     except FileNotFoundError:
         say(console, f"No report: nothing was recorded in {manifest}.")
         return None
-    except (OSError, ValueError, ImportError) as exc:
-        say(console, f"The report could not be written: {type(exc).__name__}: {exc}")
+    except REPORT_ERRORS as exc:
+        say(console, f"No report: {error_line(exc, manifest).removeprefix('Error: ')}")
         return None
     say(console, f"Report: {report_link(path)}")
     return path
 
 
-__all__ = ["report_link", "run_stats", "write_batch_report"]
+__all__ = ["REPORT_ERRORS", "report_link", "run_stats", "write_batch_report"]
