@@ -28,6 +28,7 @@ from .._errors import (
     ConfigurationError,
     GenerationTimeout,
     JobId,
+    ManifestLockedError,
     ModelsLabError,
 )
 from .._redact import redact, register_secret
@@ -281,6 +282,7 @@ async def _run_batch(plan: _BatchPlan, interrupt: Interrupt, console: Console) -
             tally.total = total
 
     lags: list[float] | None = [] if plan.where.local else None
+    locked_out = False
     slots = plan.slots() if plan.slots is not None else None
     items = read_items(plan.source, plan.input_format, plan.defaults)
     async with open_client(
@@ -319,12 +321,14 @@ async def _run_batch(plan: _BatchPlan, interrupt: Interrupt, console: Console) -
                     # raised by the batch itself (the input, the manifest), not by an item
                     display.say(error_line(exc, plan.manifest))
                     code = exit_code_for(exc)
+                    locked_out = isinstance(exc, ManifestLockedError)
                 finally:
                     tg.cancel_scope.cancel()
         await items.aclose()
     interrupted = interrupt.signum is not None
     summary(console, tally, plan.out, plan.manifest, interrupted)
-    await write_batch_report(console, plan.out, plan.manifest, run_stats(tally, lags))
+    if not locked_out:  # the folder is another run's: its report is that run's to write
+        await write_batch_report(console, plan.out, plan.manifest, run_stats(tally, lags))
     if interrupted:
         return interrupt.exit_code
     if code == EXIT_OK and tally.failed:
