@@ -8,6 +8,8 @@ outcome                     fetch/download  submit
 connection refused/connect  retry           retry (never reached the server)
 429 / API rate-limit answer retry after     retry after Retry-After, pausing
                             Retry-After     every submit of the client
+queue-limit answer naming N retry after     to the caller (``queue_limits_to_caller``):
+                            Retry-After     the client waits for a slot of its own
 503                         retry           retry (refused before processing)
 other 5xx                   retry           no: ServerError (may have run)
 reset / read timeout        retry           no: AmbiguousSubmitError
@@ -255,6 +257,7 @@ class Transport:
         pool_limit: int = C.DEFAULT_POOL_LIMIT,
         pool_limit_per_host: int = C.DEFAULT_POOL_LIMIT_PER_HOST,
         on_rate_limit: Callable[[float], None] | None = None,
+        queue_limits_to_caller: bool = False,
     ) -> None:
         self._key = api_key
         self.base_url = base_url.rstrip("/")
@@ -264,6 +267,9 @@ class Transport:
         self.pool_limit_per_host = pool_limit_per_host
         self.gate = RateLimitGate()
         self.on_rate_limit = on_rate_limit
+        # A submit refused for the account's queue cap, with the cap named, is raised to
+        # the caller, who knows which of its jobs hold the cap (no client-wide pause).
+        self.queue_limits_to_caller = queue_limits_to_caller
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self.counters: dict[str, int] = {"submit": 0, "fetch": 0, "download": 0, "retries": 0}
@@ -418,6 +424,13 @@ class Transport:
         rate_waited = 0.0
         while True:
             if not retry_decision(op, outcome, self.retry):
+                raise outcome.error
+            if (
+                op == "submit"
+                and self.queue_limits_to_caller
+                and isinstance(outcome.error, RateLimitError)
+                and outcome.error.queue_limit is not None
+            ):
                 raise outcome.error
             if isinstance(outcome.error, RateLimitError):
                 wait = (
