@@ -128,7 +128,7 @@ def error_from_answer(
         return AuthenticationError(f"authentication failed ({http}): {said}", **kw)
     if status_code == 402 or _any_in(text, _CREDIT_WORDS):
         return InsufficientCreditsError(
-            f"out of credits ({http}): {said}; top up the account, then rerun", **kw
+            f"out of credits ({http}): {said} (top up the account)", **kw
         )
     if status_code == 429 or _any_in(
         text, ("rate limit", "too many", "queue full", "queued requests")

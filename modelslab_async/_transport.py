@@ -202,7 +202,14 @@ def retry_decision(op: Operation, outcome: _Outcome, policy: RetryPolicy) -> boo
 
 
 class SubmitWatch:
-    """Hooks around the attempts of one submit (the batch's write-ahead records)."""
+    """Hooks around the attempts of one submit (the batch's write-ahead records).
+
+    ``sending`` may raise to stop the submit before an attempt goes on the wire (a batch
+    stopped by an invalid key or empty credits). ``shield``: the attempts of a watched
+    submit finish even when cancelled, so that the job id they may bring is recorded.
+    """
+
+    shield = True
 
     async def sending(self) -> None:
         """Called right before an attempt goes on the wire."""
@@ -390,7 +397,7 @@ class Transport:
         lets a rerun resume it instead of paying for it twice. Bounded by the timeouts.
         Without a watch nothing could record the id, so nothing is gained by finishing.
         """
-        shield = watch is not None
+        shield = watch is not None and watch.shield
 
         async def attempt() -> Job | Generation:
             if watch is not None:
