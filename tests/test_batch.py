@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 
 from modelslab_async import (
+    AuthenticationError,
     BadRequestError,
     BatchProgress,
     BatchResult,
@@ -32,6 +33,7 @@ from modelslab_async import (
     ClientStateError,
     ConfigurationError,
     GenerationFailed,
+    InsufficientCreditsError,
     JobNotFoundError,
     RequestValidationError,
     Text2ImgRequest,
@@ -1073,3 +1075,52 @@ async def test_a_stop_during_a_rate_limit_pause_takes_back_the_write_ahead_recor
         assert all(r.ok for r in results.values()), [r.error for r in results.values()]
         assert emu.stats.duplicate_submissions() == 0
         assert len(emu.stats.jobs) == 3
+
+
+# --- batch-fatal answers: empty credits, an invalid key ------------------------------------
+
+
+async def test_out_of_credits_stops_submitting_finishes_running_jobs_then_raises(
+    tmp_path: Path,
+) -> None:
+    manifest, out = tmp_path / "run.jsonl", tmp_path / "out"
+    requests = [small(f"credit {i}", seed=i) for i in range(30)]
+    progress: list[BatchProgress] = []
+    yielded: list[BatchResult] = []
+    async with emulator(credits=10, workers=4, duration=(0.2, 0.4)) as emu:
+        async with client(emu, max_in_flight=4) as c:
+            run = c.generate_many(
+                requests, dest=out, manifest=manifest, on_progress=progress.append
+            )
+            with pytest.raises(InsufficientCreditsError) as info:
+                await _drain(run, yielded)
+        refused = emu.stats.insufficient_credits
+        assert emu.stats.total_jobs == 10
+    assert info.value.status_code == 402
+    assert len(yielded) == 10  # every paid job was yielded
+    assert all(r.ok for r in yielded)
+    assert 1 <= refused <= 4  # at most one refused submit per slot, not one per item
+    records = last_records(manifest)
+    not_submitted = [
+        i for i, r in records.items() if (r["error"] or {}).get("type") == "NotSubmitted"
+    ]
+    assert len(not_submitted) == progress[-1].not_submitted >= refused
+    assert all(records[i]["job_id"] is None for i in not_submitted)
+    assert len(records) < len(requests)  # the rest of the input was never read
+    # After a top-up the same call submits exactly the items not done.
+    async with emulator(credits=100) as emu:
+        async with client(emu) as c:
+            results = by_index(
+                await collect(c.generate_many(requests, dest=out, manifest=manifest))
+            )
+        assert emu.stats.total_jobs == 20
+    assert all(r.ok for r in results.values()) and len(results) == 30
+
+
+async def test_an_invalid_key_stops_the_batch_after_one_submit_per_slot() -> None:
+    requests = [small(f"key {i}") for i in range(50)]
+    async with emulator(keys=["another-key"]) as emu:
+        async with client(emu, max_in_flight=4) as c:
+            with pytest.raises(AuthenticationError):
+                await collect(c.generate_many(requests))
+        assert emu.stats.requests_by_endpoint["submit"] <= 4
