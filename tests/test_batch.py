@@ -1114,7 +1114,14 @@ async def test_out_of_credits_stops_submitting_finishes_running_jobs_then_raises
                 await collect(c.generate_many(requests, dest=out, manifest=manifest))
             )
         assert emu.stats.total_jobs == 20
-    assert all(r.ok for r in results.values()) and len(results) == 30
+    assert all(r.ok for r in results.values())
+    assert len(results) == 30
+
+
+async def _drain(batch: AsyncIterator[BatchResult], into: list[BatchResult]) -> None:
+    async with contextlib.aclosing(batch):
+        async for result in batch:
+            into.append(result)
 
 
 async def test_an_invalid_key_stops_the_batch_after_one_submit_per_slot() -> None:
