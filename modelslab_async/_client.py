@@ -143,7 +143,11 @@ class Client:
             queue_limits_to_caller=True,
         )
         self.poll_policy = poll or PollPolicy()
-        self._poller = Poller(self._fetch_for_poller, self.poll_policy)
+        self._poller = Poller(
+            self._fetch_for_poller,
+            self.poll_policy,
+            busy=lambda: self._slots.statistics().waiting > 0,
+        )
         self._downloader = Downloader(self._transport, download)
         self._leases: set[Lease] = set()
         self._finished: OrderedDict[JobId, _Tracked] = OrderedDict()
