@@ -291,10 +291,17 @@ class Client:
                         # Our own jobs (or those of the processes sharing our slots) fill
                         # the account's cap: give the slot back and queue for the next one
                         # that frees, instead of sleeping through the advised retry_after.
+                        # (Bounded, like every rate-limit wait, by rate_limit_patience.)
+                        patience = self._transport.retry.rate_limit_patience - waited
                         holding = False
                         await self._release(lease)
-                        lease = await self._acquire()
-                        holding = True
+                        started = time.monotonic()
+                        with anyio.move_on_after(patience):
+                            lease = await self._acquire()
+                            holding = True
+                        if not holding:
+                            raise
+                        waited += time.monotonic() - started
                         self._check_open()
                     else:
                         # Someone outside our slots holds part of the cap: the advised wait.
