@@ -15,6 +15,8 @@ import ray
 from modelslab_async import ConfigurationError, RaySlots
 from modelslab_async._slots import Lease, Slots, SlotStatistics
 
+from ._emulator_process import EmulatorProcess
+
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,3 +165,69 @@ async def _gather(refs: list[Any]) -> list[Any]:
         for i in range(len(refs)):
             tg.start_soon(one, i)
     return results
+
+
+# --- modelslab_async.ray.Text2Img on Ray Data ----------------------------------------------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def capped_emulator() -> Iterator[EmulatorProcess]:
+    """The emulator in its own process (Ray's workers reach it over loopback): a queue cap of
+    5 per key, answered with the API's retry_after of 30 s, and 5 GPU workers."""
+    options = ["--max-queued-per-key", "5", "--workers", "5", "--duration", "0.3,0.6"]
+    with EmulatorProcess(options) as emu:
+        yield emu
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_SIGNATURE
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_text2img_generates_every_row_once_under_the_shared_cap(
+    capped_emulator: EmulatorProcess,
+) -> None:
+    from modelslab_async.ray import Text2Img
+
+    items = [{"prompt": f"a red fox #{i}", "row_id": i, "tag": f"t{i % 7}"} for i in range(59)]
+    items.append({"prompt": "", "row_id": 59, "tag": "bad"})  # fails as data
+    items[7]["width"] = 128  # a request-field column sets its row's field
+    items[3]["seed"] = 42
+    for item in items:
+        item.setdefault("width", None)  # null: the default (64)
+        item.setdefault("seed", None)
+    ds = ray.data.from_items(items).map_batches(
+        Text2Img,
+        fn_constructor_kwargs={
+            "api_key": "test-key",
+            "base_url": capped_emulator.base_url,
+            "limit": 5,
+            "slots_name": fresh(),
+            "width": 64,
+            "height": 64,
+        },
+        concurrency=3,
+        num_cpus=0.25,
+        batch_size=10,
+    )
+    rows = ds.take_all()
+
+    assert sorted(r["row_id"] for r in rows) == list(range(60))  # each row once
+    by_id = {r["row_id"]: r for r in rows}
+    assert all(r["tag"] == items[r["row_id"]]["tag"] for r in rows)  # metadata carried
+    bad = by_id.pop(59)
+    assert (bad["image"], bad["job_id"]) == (None, None)
+    assert bad["error"].startswith("RequestValidationError: prompt")
+    assert [r["error"] for r in by_id.values() if r["error"]] == []
+    sizes = {i: png_size(r["image"]) for i, r in by_id.items()}  # served PNGs
+    assert sizes.pop(7) == (128, 64)
+    assert set(sizes.values()) == {(64, 64)}
+    stats = capped_emulator.stats()
+    jobs = stats["jobs"]
+    assert sorted(r["job_id"] for r in by_id.values()) == sorted(jobs)  # 59 jobs, all ours
+    assert by_id[3]["seed"] == 42  # a seed column sets the seed; the others are the server's
+    assert all(isinstance(r["seed"], int) for r in by_id.values())
+    assert stats["duplicate_submissions"] == 0
+    assert stats["queue_limited"] <= 3
