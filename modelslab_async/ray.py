@@ -75,6 +75,8 @@ class Text2Img:
     column or already has an ``image``, ``job_id`` or ``error`` column.
     """
 
+    _holder: _ClientHolder | None = None  # set by the first call (also when __init__ raised)
+
     def __init__(
         self,
         *,
@@ -108,7 +110,6 @@ class Text2Img:
         )
         self._defaults = dict(request_fields)
         self._prompt_column = prompt_column
-        self._holder: _ClientHolder | None = None
 
     def __repr__(self) -> str:
         return f"Text2Img({self._client!r}, slots={self._slots!r})"

@@ -172,7 +172,7 @@ async def _gather(refs: list[Any]) -> list[Any]:
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def capped_emulator() -> Iterator[EmulatorProcess]:
     """The emulator in its own process (Ray's workers reach it over loopback): a queue cap of
     5 per key, answered with the API's retry_after of 30 s, and 5 GPU workers."""
@@ -231,3 +231,58 @@ def test_text2img_generates_every_row_once_under_the_shared_cap(
     assert all(isinstance(r["seed"], int) for r in by_id.values())
     assert stats["duplicate_submissions"] == 0
     assert stats["queue_limited"] <= 3
+
+
+async def test_text2img_called_directly_takes_any_batch_format_and_one_row_per_image(
+    capped_emulator: EmulatorProcess,
+) -> None:
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    from modelslab_async.ray import Text2Img
+
+    udf = Text2Img(
+        api_key="test-key",
+        base_url=capped_emulator.base_url,
+        limit=2,
+        slots_name=fresh(),
+        prompt_column="text",
+        width=64,
+        height=64,
+    )
+    try:
+        numpy_out = await udf({"text": np.array(["a", "b"]), "n": np.array([1, 2])})
+        assert numpy_out.column_names == ["text", "n", "image", "job_id", "seed", "error"]
+        assert numpy_out.column("n").to_pylist() == [1, 2]
+        pandas_out = await udf(pd.DataFrame({"text": ["c"], "samples": [2], "seed": [7]}))
+        assert pandas_out.num_rows == 2  # samples=2: a row per image, same job
+        assert len(set(pandas_out.column("job_id").to_pylist())) == 1
+        assert pandas_out.column("seed").to_pylist() == [7, 7]
+        arrow_out = await udf(pa.table({"text": ["d", None]}))
+        assert arrow_out.column("error").to_pylist()[0] is None
+        assert arrow_out.column("error").to_pylist()[1].startswith("RequestValidationError")
+        for clash in ({"text": ["e"], "image": [b""]}, {"prompt": ["e"]}, {"txt": ["e"]}):
+            with pytest.raises(ConfigurationError):
+                await udf(pa.table(clash))
+    finally:
+        await udf.aclose()
+    images = [*numpy_out.column("image").to_pylist(), *pandas_out.column("image").to_pylist()]
+    assert all(png_size(image) == (64, 64) for image in images)
+    assert capped_emulator.stats()["total_jobs"] == 4
+
+
+def test_text2img_bad_options_name_the_field() -> None:
+    from modelslab_async import RequestValidationError
+    from modelslab_async.ray import Text2Img
+
+    for kwargs, error, field in [
+        ({"limit": 0}, ConfigurationError, "limit"),
+        ({"limit": "many"}, ConfigurationError, "limit"),
+        ({"prompt_column": ""}, ConfigurationError, "prompt_column"),
+        ({"prompt": "a fox"}, ConfigurationError, "prompt"),
+        ({"width": 5000}, RequestValidationError, "width"),
+        ({"colour": "red"}, RequestValidationError, "colour"),
+    ]:
+        with pytest.raises(error, match=field):
+            Text2Img(api_key="k", **kwargs)
