@@ -286,3 +286,29 @@ def test_text2img_bad_options_name_the_field() -> None:
     ]:
         with pytest.raises(error, match=field):
             Text2Img(api_key="k", **kwargs)
+
+
+def test_the_ray_pipeline_example_writes_parquet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runpy
+
+    import pyarrow.parquet as pq
+
+    monkeypatch.delenv("MODELSLAB_API_KEY", raising=False)  # the example's local emulator
+    main = runpy.run_path(str(ROOT / "examples/ray_pipeline.py"))["main"]
+    source = tmp_path / "prompts.csv"
+    source.write_text((ROOT / "examples/prompts.csv").read_text() + ",bad row,\n")
+    argv = [str(source), str(tmp_path / "out"), "--width", "64", "--height", "64"]
+    assert main(argv) == 0  # on this module's Ray
+
+    rows = pq.read_table(tmp_path / "out").to_pylist()
+    assert sorted(r["style"] for r in rows) == sorted(
+        ["photo", "oil painting", "photo", "watercolor", "photo", "film noir", "bad row"]
+    )
+    bad = [r for r in rows if r["style"] == "bad row"]
+    assert bad[0]["error"].startswith("RequestValidationError: prompt")
+    done = [r for r in rows if r["style"] != "bad row"]
+    assert all(r["error"] is None and png_size(r["image"]) == (64, 64) for r in done)
+    assert sorted(r["seed"] for r in done if r["prompt"].startswith("a red fox")) == [1]
+    assert len({r["job_id"] for r in done}) == 6
