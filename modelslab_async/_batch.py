@@ -17,7 +17,17 @@ goes on the wire; an item left in that state by a crash may have a job nobody kn
 id of, so a rerun fails it with ``AmbiguousSubmitError`` instead of paying twice (unless
 ``retry_failed`` or the client's ``retry_ambiguous_submits``). A job that fails with the
 API's transient answer ("Failed, Try Again") is resubmitted up to ``max_resubmits`` times,
-each attempt recorded with its own track id.
+each attempt recorded with its own track id. A recorded job id the API answers "not found"
+for fails its item with ``JobNotFoundError`` (a new job would be charged again) unless
+``retry_failed`` or ``resubmit_lost_jobs``.
+
+An invalid key (``AuthenticationError``) or empty credits (``InsufficientCreditsError``)
+stop the batch's submits, not its jobs: the first such answer makes every later attempt
+stop before it goes on the wire (so it costs one request per submit already on the wire,
+never one per remaining item), no worker takes another item from the input, the jobs
+already running finish and download, the items taken but not submitted are recorded
+``NotSubmitted`` (a rerun submits them, like the items never read), and once what
+finished has been yielded the iterator raises that error.
 """
 
 from __future__ import annotations
@@ -40,12 +50,16 @@ from ._convert import coerce_request, fingerprint
 from ._download import remove_stale_parts, verify_image_file
 from ._errors import (
     AmbiguousSubmitError,
+    APIError,
+    AuthenticationError,
     BadRequestError,
     ConfigurationError,
     DownloadError,
     GenerationFailed,
     GenerationTimeout,
+    InsufficientCreditsError,
     JobId,
+    JobNotFoundError,
     ModelsLabError,
     RateLimitError,
     ResponseFormatError,
@@ -75,6 +89,10 @@ _RESUMABLE = (
 )
 
 
+#: Answers after which no submit of the batch can succeed: it stops submitting.
+_BATCH_FATAL = (AuthenticationError, InsufficientCreditsError)
+
+
 @attrs.frozen
 class BatchProgress:
     """Counts of a running batch, passed to ``on_progress`` on every change.
@@ -83,7 +101,8 @@ class BatchProgress:
     this run; ``processing``: submitted (or resumed) and not yet resolved; ``done`` and
     ``failed``: finished items (``from_manifest`` of the done ones came from a previous
     run); ``images``: files written or images received; ``throughput``: items finished
-    per second since the start.
+    per second since the start; ``not_submitted``: items taken from the input but not
+    submitted because an invalid key or empty credits stopped the batch's submits.
     """
 
     queued: int
@@ -96,6 +115,7 @@ class BatchProgress:
     elapsed: float
     throughput: float
     input_exhausted: bool
+    not_submitted: int = 0
 
     @property
     def finished(self) -> int:
@@ -120,6 +140,10 @@ class BatchOptions(TypedDict, total=False):
     - ``max_resubmits``: resubmissions of a job that failed with the API's transient
       "Failed, Try Again", an integer >= 0. Default 2.
     - ``webhook``: a :class:`WebhookReceiver` to be told when jobs finish.
+    - ``resubmit_lost_jobs``: submit again an item whose recorded job id the API no
+      longer knows ("not found"), without ``retry_failed``. Default False: such an item
+      fails with :class:`JobNotFoundError` (a new job is a new charge). For servers whose
+      jobs die with them (the CLI's ``--local`` emulator).
     """
 
     dest: str | os.PathLike[str] | None
@@ -129,6 +153,7 @@ class BatchOptions(TypedDict, total=False):
     retry_failed: bool
     max_resubmits: int
     webhook: WebhookReceiver | None
+    resubmit_lost_jobs: bool
 
 
 class BatchClient(Protocol):
@@ -204,7 +229,10 @@ class _Batch:
         self.retry_failed = bool(options.get("retry_failed", False))
         self.max_resubmits = _integer("max_resubmits", options.get("max_resubmits", 2), 0)
         self.webhook = options.get("webhook")
+        self.resubmit_lost_jobs = bool(options.get("resubmit_lost_jobs", False))
         self._workers = 0
+        self.fatal: APIError | None = None  # the answer that stopped the batch's submits
+        self.not_submitted = 0
         self.stopped = anyio.Event()
         self.failure: BaseException | None = None
         self.started = time.monotonic()
@@ -228,6 +256,7 @@ class _Batch:
             elapsed=elapsed,
             throughput=finished / elapsed if elapsed > 0 else 0.0,
             input_exhausted=self.input_exhausted,
+            not_submitted=self.not_submitted,
         )
 
     def _changed(self) -> None:
@@ -274,6 +303,8 @@ class _Batch:
                     raise
                 except Exception as exc:  # handed to the consumer, not the client's group
                     self.failure = _unwrap(exc)
+                if self.failure is None and self.fatal is not None:
+                    self.failure = self.fatal  # raised after every finished item was yielded
         finally:
             self.stopped.set()
 
@@ -309,7 +340,7 @@ class _Batch:
         taken), then takes the next. A worker that got an item starts the next worker, up
         to the limit, so input is read only as workers free up."""
         try:
-            while True:
+            while self.fatal is None:  # stopped submitting: take nothing more
                 got = await items.take()
                 if got is None:
                     if not self.input_exhausted:
@@ -322,6 +353,9 @@ class _Batch:
                 self.queued += 1
                 self._changed()
                 result = await self._process(index, raw)
+                if result is None:  # not submitted: the batch stopped submitting
+                    self._changed()
+                    continue
                 if result.ok:
                     self.done += 1
                     self.images += len(result.files) or (
@@ -341,7 +375,7 @@ class _Batch:
         if self.manifest is not None:
             await self.manifest.append(ManifestRecord(**fields))
 
-    async def _process(self, index: int, raw: RequestLike) -> BatchResult:
+    async def _process(self, index: int, raw: RequestLike) -> BatchResult | None:
         try:
             request = coerce_request(raw, {})
         except ModelsLabError as exc:
@@ -414,7 +448,8 @@ class _Batch:
         attempt: int,
         resume_id: JobId | None,
         resubmit_unknown: bool = True,
-    ) -> BatchResult:
+    ) -> BatchResult | None:
+        """The item's result, or None when it was not submitted (see :meth:`_stop`)."""
         job_id: JobId | None = resume_id
         while True:
             try:
@@ -424,10 +459,14 @@ class _Batch:
                             resume_id, request=request
                         )
                     except BadRequestError as exc:
-                        if not (resubmit_unknown and _unknown_job(exc)):
+                        if not _unknown_job(exc):
                             raise
-                        # The server does not know the job (the embedded emulator of a
-                        # --local run died, say): it never made a charged image. Submit anew.
+                        if not (
+                            resubmit_unknown and (self.retry_failed or self.resubmit_lost_jobs)
+                        ):
+                            raise _job_not_found(resume_id, exc) from None
+                        # Asked for (or the server's jobs die with it, as the embedded
+                        # emulator's of a --local run): submit anew, under a new track id.
                         resume_id = None
                         attempt += 1
                         continue
@@ -438,8 +477,15 @@ class _Batch:
                     ahead = self._write_ahead(index, fp, attempt, sent.track_id)
                     try:
                         answer = await self.client.submit(sent, watch=ahead, webhook=self.webhook)
+                    except _NotSent:
+                        await self._not_submitted(index, fp, attempt, sent.track_id)
+                        return None
+                    except _BATCH_FATAL as exc:
+                        self._stop(exc)  # refused: surely no job was created
+                        await self._not_submitted(index, fp, attempt, sent.track_id)
+                        return None
                     except BaseException as exc:
-                        if ahead is not None and not isinstance(exc, ModelsLabError):
+                        if not isinstance(exc, ModelsLabError):
                             await ahead.stopped()  # cancelled: take back a surely-unsent record
                         raise
                     self.submitted += 1
@@ -462,6 +508,11 @@ class _Batch:
                     attempt += 1
                     continue
                 return await self._failed(index, request, fp, exc, job_id, attempt)
+            except _BATCH_FATAL as exc:
+                # A fetch of a submitted job refused the key: the job goes on, and its
+                # `submitted` record lets a rerun resume it by id.
+                self._stop(exc)
+                return None
             except ModelsLabError as exc:
                 return await self._failed(index, request, fp, exc, job_id, attempt)
             files = tuple(img.path for img in images if img.path is not None)
@@ -486,13 +537,32 @@ class _Batch:
 
     def _write_ahead(
         self, index: int, fp: str, attempt: int, track_id: str | int | None
-    ) -> _WriteAhead | None:
+    ) -> _WriteAhead:
         """A ``submitted`` record without a job id, fsynced right before the submit goes on
         the wire: a rerun after a crash mid-submit knows the job may exist, and does not
-        pay for it twice."""
-        if self.manifest is None:
-            return None
+        pay for it twice. (Without a manifest it only stops a submit of a stopped batch.)"""
         return _WriteAhead(self, index, fp, attempt, track_id)
+
+    def _stop(self, error: APIError) -> None:
+        """Stop submitting: every later attempt raises :class:`_NotSent` before it is sent,
+        and no worker takes another item. The first such error is the one raised."""
+        if self.fatal is None:
+            self.fatal = error
+
+    async def _not_submitted(
+        self, index: int, fp: str, attempt: int, track_id: str | int | None
+    ) -> None:
+        """Record an item the stopped batch did not submit: a rerun submits it."""
+        self.not_submitted += 1
+        kind = type(self.fatal).__name__ if self.fatal is not None else "a stop"
+        await self._record(
+            index=index,
+            state="failed",
+            fingerprint=fp,
+            attempt=attempt,
+            track_id=track_id,
+            error={"type": NOT_SUBMITTED, "message": f"not submitted: {kind} stopped the batch"},
+        )
 
     @staticmethod
     def _with_track_id(
@@ -593,8 +663,11 @@ class _WriteAhead(SubmitWatch):
         }
         self._written = False
         self._last_refused = False
+        self.shield = batch.manifest is not None  # only a recorded job id is worth waiting for
 
     async def sending(self) -> None:
+        if self._batch.fatal is not None:
+            raise _NotSent
         self._last_refused = False
         if not self._written:
             self._written = True
@@ -613,9 +686,26 @@ class _WriteAhead(SubmitWatch):
                 )
 
 
-#: The error type of a ``failed`` record that takes back a write-ahead record: the run
-#: stopped while the submit was surely not on the wire, so a rerun submits it (no charge).
+class _NotSent(Exception):
+    """Internal: a submit of a batch that stopped submitting, stopped before the wire."""
+
+
+#: The error type of a ``failed`` record of an item surely not submitted (the run stopped
+#: while its submit was not on the wire, or an invalid key or empty credits stopped the
+#: batch's submits): a rerun submits it (no charge).
 NOT_SUBMITTED = "NotSubmitted"
+
+
+def _job_not_found(job_id: JobId | None, error: BadRequestError) -> JobNotFoundError:
+    return JobNotFoundError(
+        f"job {job_id}: the manifest records it, but the API answers {error.api_message!r}; "
+        "it was not resubmitted (a new job would be charged again; retry_failed / "
+        "--retry-failed submits it again)",
+        status_code=error.status_code,
+        api_message=error.api_message,
+        url=error.url,
+        job_id=job_id,
+    )
 
 
 def _interrupted_submit(record: ManifestRecord) -> AmbiguousSubmitError:

@@ -27,12 +27,13 @@ from ._errors import (
     ConfigurationError,
     GenerationTimeout,
     JobId,
+    RateLimitError,
     RequestValidationError,
 )
 from ._poller import Poller, PollerStats, PollPolicy, _Tracked
 from ._redact import Secret, mask
 from ._slots import AdaptiveLimit, Lease, LocalSlots, Slots
-from ._transport import RetryPolicy, SubmitWatch, Timeouts, Transport
+from ._transport import RetryPolicy, SubmitWatch, Timeouts, Transport, is_testing
 from ._types import BatchResult, GeneratedImage, Generation, Job, Text2ImgRequest
 from ._webhook import WebhookReceiver
 
@@ -142,9 +143,14 @@ class Client:
             timeouts=timeouts,
             retry=retry,
             on_rate_limit=self._on_rate_limit,
+            queue_limits_to_caller=True,
         )
         self.poll_policy = poll or PollPolicy()
-        self._poller = Poller(self._fetch_for_poller, self.poll_policy)
+        self._poller = Poller(
+            self._fetch_for_poller,
+            self.poll_policy,
+            busy=lambda: self._slots.statistics().waiting > 0,
+        )
         self._downloader = Downloader(self._transport, download)
         self._leases: set[Lease] = set()
         self._finished: OrderedDict[JobId, _Tracked] = OrderedDict()
@@ -261,8 +267,8 @@ class Client:
         processing answer's ``meta`` out of the :class:`Job` (for a caller that never
         shows the job)."""
         self._check_open()
-        lease = await self._slots.acquire()
-        self._leases.add(lease)
+        lease = await self._acquire()
+        holding = True  # False while a refused submit queues for its next slot
         receiver = webhook if webhook is not None else self._webhook
         if receiver is None or request.webhook is not None:
             receiver = None
@@ -275,10 +281,40 @@ class Client:
                 request = attrs.evolve(request, webhook=receiver.url, track_id=track_id)
                 receiver.pending(track_id)
             wire = request_to_wire(request)
-            answer = await self._transport.submit(request, wire, watch=watch, job_meta=job_meta)
+            waited = 0.0
+            while True:
+                try:
+                    answer = await self._transport.submit(
+                        request, wire, watch=watch, job_meta=job_meta
+                    )
+                    break
+                except RateLimitError as exc:
+                    if exc.queue_limit is None:
+                        raise
+                    await self._learn_cap(exc.queue_limit)
+                    if self._slots.statistics().held - 1 >= exc.queue_limit:
+                        # Our own jobs (or those of the processes sharing our slots) fill
+                        # the account's cap: give the slot back and queue for the next one
+                        # that frees, instead of sleeping through the advised retry_after.
+                        # (Bounded, like every rate-limit wait, by rate_limit_patience.)
+                        patience = self._transport.retry.rate_limit_patience - waited
+                        holding = False
+                        await self._release(lease)
+                        started = time.monotonic()
+                        with anyio.move_on_after(patience):
+                            lease = await self._acquire()
+                            holding = True
+                        if not holding:
+                            raise
+                        waited += time.monotonic() - started
+                        self._check_open()
+                    else:
+                        # Someone outside our slots holds part of the cap: the advised wait.
+                        waited = await self._queue_wait(exc, waited)
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await self._release(lease)
+            if holding:
+                with anyio.CancelScope(shield=True):
+                    await self._release(lease)
             if receiver is not None and request.track_id is not None:
                 receiver.forget(request.track_id)
             raise
@@ -313,6 +349,41 @@ class Client:
             receiver.forget(track_id)
         self._keep_finished(entry)
         await self._release(lease)
+
+    async def _acquire(self) -> Lease:
+        lease = await self._slots.acquire()
+        self._leases.add(lease)
+        return lease
+
+    async def _learn_cap(self, cap: int) -> None:
+        """The API named the account's queue cap: ``"auto"`` sets the limit to it; a
+        limit above it is lowered to it (more can never be held)."""
+        if self._auto is not None:
+            await self._auto.cap_named(cap)
+        elif self._slots.limit > cap:
+            log.info(
+                "the account allows %d unfinished jobs: limit %d -> %d", cap, self._slots.limit, cap
+            )
+            try:
+                await self._slots.set_limit(cap)
+            except Exception as exc:
+                log.warning("could not set the limit to the account's cap %d: %s", cap, exc)
+
+    async def _queue_wait(self, error: RateLimitError, waited: float) -> float:
+        """Sleep the queue-limit answer's ``retry_after`` (bounded like every rate-limit
+        wait by the retry policy); the total waited so far, or *error* past the patience."""
+        retry = self._transport.retry
+        wait = error.retry_after if error.retry_after is not None else C.DEFAULT_RETRY_AFTER
+        wait = 0.0 if is_testing() else min(wait, retry.max_retry_after)
+        if waited + wait > retry.rate_limit_patience:
+            raise error
+        log.debug(
+            "queue cap reached with %d slots held here: retry in %.1fs",
+            self._slots.statistics().held_here,
+            wait,
+        )
+        await anyio.sleep(wait)
+        return waited + wait
 
     async def _release(self, lease: Lease) -> None:
         self._leases.discard(lease)

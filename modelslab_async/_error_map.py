@@ -9,8 +9,12 @@ it may also answer 401/403/404/429/5xx. :func:`error_from_answer` reads both, by
 answer                                                 exception
 =====================================================  ===========================
 HTTP 401/403, or "api key", "invalid key", "unauthor"  AuthenticationError
+HTTP 402, or "credit", "balance", "wallet",            InsufficientCreditsError
+"subscription"
 HTTP 429, or "rate limit", "too many", "queue full",   RateLimitError (retry_after
-"queued requests"                                      from the body, else header)
+"queued requests"                                      from the body, else header;
+                                                       queue_limit N from "Maximum N
+                                                       queued requests")
 status ``failed``, or "try again"                      GenerationFailed (transient
                                                        when "try again")
 HTTP 5xx                                               ServerError
@@ -23,6 +27,7 @@ anything else                                          APIError
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +36,7 @@ from ._errors import (
     AuthenticationError,
     BadRequestError,
     GenerationFailed,
+    InsufficientCreditsError,
     JobId,
     ModelsLabError,
     RateLimitError,
@@ -71,6 +77,19 @@ def _retry_after(data: Mapping[str, Any], header: float | None) -> float | None:
     return header
 
 
+_QUEUE_LIMIT = re.compile(r"maximum\s+(\d{1,6})\s+queued", re.IGNORECASE)
+
+
+def queue_limit(message: str | None) -> int | None:
+    """N of the API's queue-limit message ("... Maximum N queued requests allowed."), else None."""
+    found = _QUEUE_LIMIT.search(message or "")
+    limit = int(found.group(1)) if found else 0
+    return limit if limit >= 1 else None
+
+
+_CREDIT_WORDS = ("credit", "balance", "wallet", "subscription")
+
+
 def _any_in(text: str, words: tuple[str, ...]) -> bool:
     return any(word in text for word in words)
 
@@ -107,12 +126,21 @@ def error_from_answer(
     }
     if status_code in (401, 403) or _any_in(text, ("api key", "invalid key", "unauthor")):
         return AuthenticationError(f"authentication failed ({http}): {said}", **kw)
+    if status_code == 402 or _any_in(text, _CREDIT_WORDS):
+        return InsufficientCreditsError(
+            f"out of credits ({http}): {said} (top up the account)", **kw
+        )
     if status_code == 429 or _any_in(
         text, ("rate limit", "too many", "queue full", "queued requests")
     ):
         wait = _retry_after(data, retry_after)
         after = f"; retry after {wait:g}s" if wait is not None else ""
-        return RateLimitError(f"rate limited ({http}): {said}{after}", retry_after=wait, **kw)
+        return RateLimitError(
+            f"rate limited ({http}): {said}{after}",
+            retry_after=wait,
+            queue_limit=queue_limit(message),
+            **kw,
+        )
     if status == "failed" or "try again" in text:
         return GenerationFailed(job_id, message, transient="try again" in text)
     if status_code is not None and status_code >= 500:
@@ -126,4 +154,4 @@ def error_from_answer(
     return APIError(f"API error ({http}): {message or shown or 'no message'}", **kw)
 
 
-__all__ = ["api_message", "error_from_answer"]
+__all__ = ["api_message", "error_from_answer", "queue_limit"]

@@ -9,7 +9,9 @@ ModelsLabError
 ├── APIError                                 the API answered with an error
 │   ├── AuthenticationError                  invalid / missing key, HTTP 401/403
 │   ├── RateLimitError                       HTTP 429 or the API's rate-limit answer
+│   ├── InsufficientCreditsError             out of credits, HTTP 402 (stops a batch)
 │   ├── BadRequestError                      the API rejected the request (validation, model)
+│   │   └── JobNotFoundError                 a recorded job id the API no longer knows
 │   ├── RedirectError                        a 3xx answer to an API call (never followed)
 │   └── ServerError                          HTTP 5xx
 ├── GenerationFailed                         the job ended ``failed`` / ``error``
@@ -127,15 +129,44 @@ class APIError(ModelsLabError):
 
 
 class AuthenticationError(APIError):
-    """The API rejected the key (``Invalid Api Key``, HTTP 401/403)."""
+    """The API rejected the key (``Invalid Api Key``, HTTP 401/403).
+
+    Batch-fatal: ``generate_many`` submits nothing more, lets the jobs already running
+    finish and download, records every item it took but did not submit as ``NotSubmitted``,
+    yields what finished, then raises this error. The CLI exits with code 2.
+    """
 
 
 class RateLimitError(APIError):
-    """Too many requests or queued jobs; ``retry_after`` is the advised wait in seconds."""
+    """Too many requests, or the account's queue cap reached.
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+    ``retry_after`` is the advised wait in seconds. ``queue_limit`` is N when the answer
+    names the account's cap on unfinished (queued or processing) jobs, "Rate limit
+    exceeded. Maximum N queued requests allowed." (5, 10 or 15 by plan), else None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        queue_limit: int | None = None,
+        **kw: Any,
+    ) -> None:
         self.retry_after = retry_after
+        self.queue_limit = queue_limit
         super().__init__(message, **kw)
+
+
+class InsufficientCreditsError(APIError):
+    """The account is out of credits (HTTP 402, or a message about credits, balance,
+    wallet or subscription).
+
+    Batch-fatal: ``generate_many`` submits nothing more, lets the jobs already running
+    finish and download, records every item it took but did not submit as ``NotSubmitted``,
+    yields what finished, then raises this error. Top up and rerun the same command: the
+    rerun submits exactly the items not done. The CLI exits with code 3.
+    """
 
 
 class BadRequestError(APIError):
@@ -154,6 +185,15 @@ class RedirectError(APIError):
     def __init__(self, message: str, *, location: str | None = None, **kw: Any) -> None:
         self.location = redact(location) if location is not None else None
         super().__init__(message, **kw)
+
+
+class JobNotFoundError(BadRequestError):
+    """A rerun fetched a job id its manifest recorded, and the API answered "not found".
+
+    The job may have expired on the server, or the answer may be transient; submitting the
+    item again would be a second charge, so the item fails with this error (``job_id``
+    names the job) unless the user opts in (``retry_failed=True``, ``--retry-failed``).
+    """
 
 
 class ServerError(APIError):

@@ -118,6 +118,11 @@ class PollPolicy:
       is used; ``history`` (>= 1): jobs kept per bucket. ``explore`` (0..1): the share of
       jobs given one extra, earlier check, so that the schedule keeps seeing how early
       jobs can finish.
+    - ``busy_fetch_cost`` (> 0) and ``busy_max_gap`` (> 0 or None) replace ``fetch_cost``
+      and ``max_gap`` (when tighter) while submits wait for a slot: the account's queue
+      cap binds, and each second between a job's end and its check leaves a paid slot
+      idle, so checks come denser where jobs finish (a slot handed on about 0.1 s after
+      its job ends, at about 1.5 to 2 times the fetches; ``benchmarks/planlimit.py``).
     - ``webhook_grace`` (>= 0): for a job whose completion a webhook announces, the first
       check (the safety net for a lost webhook) comes ``eta + webhook_grace`` seconds after
       submit.
@@ -143,6 +148,10 @@ class PollPolicy:
     learn: bool = attrs.field(default=True, validator=_boolean)
     explore: float = attrs.field(default=0.1, validator=_in_range(0, 1))
     relative_cost: float = attrs.field(default=0.25, validator=_in_range(0))
+    busy_fetch_cost: float = attrs.field(default=0.05, validator=_in_range(0, above=True))
+    busy_max_gap: float | None = attrs.field(
+        default=0.2, validator=_in_range(0, above=True, optional=True)
+    )
 
     @classmethod
     def frugal(cls, **changes: Any) -> PollPolicy:
@@ -193,6 +202,7 @@ class _Tracked:
     wake_pending: bool = False
     hold_until: float | None = None  # a webhook job's safety-net check (a wake keeps it)
     on_resolved: OnResolved | None = None
+    busy: bool = False  # its offsets are the busy schedule's (submits wait for a slot)
 
 
 @attrs.frozen
@@ -219,8 +229,11 @@ class Poller:
         policy: PollPolicy | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         self._fetch = fetch
+        # True while submits wait for a slot: checks then follow the busy schedule.
+        self._busy = busy or (lambda: False)
         self.policy = policy or PollPolicy()
         self.model = ScheduleModel(self.policy)
         self._clock = clock
@@ -265,7 +278,8 @@ class Poller:
         elapsed = max(0.0, time.time() - job.submitted_at)
         answered = now - min(elapsed, 3600.0)
         anchor = answered + max(0.0, job.eta)
-        offsets = self.model.offsets(SUBMIT, job.eta)
+        busy = self._busy()
+        offsets = self.model.offsets(SUBMIT, job.eta, busy)
         if offsets and self.policy.learn and random.random() < self.policy.explore:
             # One early check on a few jobs keeps the left tail of the ready times in view
             # (jobs ready before the first check say only "somewhere before it").
@@ -288,6 +302,7 @@ class Poller:
             last_check=answered,
             deadline=None if max_wait is None else answered + max_wait,
             on_resolved=on_resolved,
+            busy=busy,
         )
         self._tracked[job.id] = entry
         if first_check is not None:
@@ -406,6 +421,13 @@ class Poller:
 
     def _arm_next(self, entry: _Tracked, now: float) -> None:
         """Arm the next scheduled check after *now*, or the next backoff step."""
+        busy = self._busy()
+        if busy != entry.busy and entry.next_index < len(entry.offsets):
+            # Slots started (or stopped) being waited for: the rest of the schedule
+            # follows the other one.
+            entry.busy = busy
+            entry.offsets = self.model.offsets(entry.kind, entry.eta, busy)
+            entry.next_index = 0
         offsets = entry.offsets
         i = entry.next_index
         while i < len(offsets) and entry.anchor + offsets[i] <= now + 0.01:
@@ -487,7 +509,8 @@ class Poller:
             entry.anchor = anchor
             entry.eta = answer.eta
             entry.kind = FIRST_REFRESH if entry.kind == SUBMIT else REFRESH
-            entry.offsets = self.model.offsets(entry.kind, answer.eta)
+            entry.busy = self._busy()
+            entry.offsets = self.model.offsets(entry.kind, answer.eta, entry.busy)
             entry.next_index = 0
             entry.backoffs = 0
         self._arm_next(entry, self._clock())

@@ -53,6 +53,10 @@ class SchedulePolicy(Protocol):
     def learn(self) -> bool: ...
     @property
     def relative_cost(self) -> float: ...
+    @property
+    def busy_fetch_cost(self) -> float: ...
+    @property
+    def busy_max_gap(self) -> float | None: ...
 
 
 _BUCKET_EDGES = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
@@ -210,13 +214,17 @@ class ScheduleModel:
     the other buckets of its kind, stretched by the square root of the eta ratio; with
     none at all, a flat prior around the eta is used. An eta over 10 s is checked at three
     fifths of it and re-planned on the fresh eta.
+
+    A *busy* schedule (submits wait for a slot: the account's cap binds, and each second
+    of lag leaves a paid slot idle) weighs lag more: ``busy_fetch_cost`` and
+    ``busy_max_gap`` stand in for ``fetch_cost`` and ``max_gap`` (never looser).
     """
 
     def __init__(self, policy: SchedulePolicy) -> None:
         self.policy = policy
         self._samples: dict[tuple[int, int], deque[tuple[float, float, float]]] = {}
-        self._cache: dict[tuple[int, int], tuple[int, list[float]]] = {}
-        self._prior: dict[tuple[int, int], list[float]] = {}
+        self._cache: dict[tuple[int, int, bool], tuple[int, list[float]]] = {}
+        self._prior: dict[tuple[int, int, bool], list[float]] = {}
         self._added: dict[tuple[int, int], int] = {}
         self._kind_added: dict[int, int] = {}
 
@@ -232,16 +240,29 @@ class ScheduleModel:
         self._added[key] = self._added.get(key, 0) + 1
         self._kind_added[kind] = self._kind_added.get(kind, 0) + 1
 
-    def _cost(self, kind: int, history: deque[tuple[float, float, float]]) -> float:
+    def _knobs(self, busy: bool) -> tuple[float, float | None]:
+        """``(fetch_cost, max_gap)``: the policy's, or the tighter busy ones."""
+        policy = self.policy
+        if not busy:
+            return policy.fetch_cost, policy.max_gap
+        gap = policy.busy_max_gap
+        if policy.max_gap is not None:
+            gap = policy.max_gap if gap is None else min(gap, policy.max_gap)
+        return min(policy.fetch_cost, policy.busy_fetch_cost), gap
+
+    def _cost(
+        self, kind: int, history: deque[tuple[float, float, float]], busy: bool = False
+    ) -> float:
         """The fetch cost for a bucket: ``fetch_cost``, but at most ``relative_cost`` of the
         typical wait, so that jobs of a fraction of a second are not left waiting longer
         than they ran (the lag holds an in-flight slot, which costs throughput)."""
         policy = self.policy
+        fetch_cost = self._knobs(busy)[0]
         if kind != SUBMIT or policy.relative_cost <= 0:
-            return policy.fetch_cost
+            return fetch_cost
         waits = sorted(hi + eta for _, hi, eta in history)
         typical = waits[len(waits) // 2]
-        return max(0.005, min(policy.fetch_cost, policy.relative_cost * typical))
+        return max(0.005, min(fetch_cost, policy.relative_cost * typical))
 
     def _pooled(self, kind: int) -> int:
         """Samples of *kind* in all buckets."""
@@ -261,9 +282,11 @@ class ScheduleModel:
     def total_samples(self) -> int:
         return sum(len(h) for h in self._samples.values())
 
-    def offsets(self, kind: int, eta: float) -> list[float]:
-        """The check offsets for a job anchored with *eta* (learned, borrowed or prior)."""
+    def offsets(self, kind: int, eta: float, busy: bool = False) -> list[float]:
+        """The check offsets for a job anchored with *eta* (learned, borrowed or prior);
+        *busy*: while submits wait for a slot."""
         policy = self.policy
+        fetch_cost, max_gap = self._knobs(busy)
         if eta > _LONG:
             # A long wait: check at three fifths of the eta, then re-plan on the fresh eta
             # that answer brings (the end of the schedule re-anchors the job), so the dense,
@@ -273,37 +296,38 @@ class ScheduleModel:
         history = self._samples.get(key)
         if history is not None and len(history) >= policy.min_samples:
             added = self._added.get(key, 0)
-            cached = self._cache.get(key)
+            cache_key = (kind, key[1], busy)
+            cached = self._cache.get(cache_key)
             if cached is None or added - cached[0] >= max(8, len(history) // 8):
                 intervals = [(lo, hi) for lo, hi, _ in history]
                 offsets = optimal_offsets(
-                    intervals, fetch_cost=self._cost(kind, history), max_gap=policy.max_gap
+                    intervals, fetch_cost=self._cost(kind, history, busy), max_gap=max_gap
                 )
                 cached = (added, offsets)
-                self._cache[key] = cached
+                self._cache[cache_key] = cached
             return cached[1]
         if kind == SUBMIT and self._pooled(kind) >= policy.min_samples:
             # Re-planned every 8 new samples of the kind, not on every job.
             stamp = self._kind_added.get(kind, 0) // 8
-            cache_key = (kind, 10_000 + round(eta * 4))
+            cache_key = (kind, 10_000 + round(eta * 4), busy)
             cached = self._cache.get(cache_key)
             if cached is None or cached[0] != stamp:
                 offsets = optimal_offsets(
                     self._borrowed(kind, eta)[-policy.history :],
-                    fetch_cost=policy.fetch_cost,
-                    max_gap=policy.max_gap,
+                    fetch_cost=fetch_cost,
+                    max_gap=max_gap,
                 )
                 cached = (stamp, offsets)
                 self._cache[cache_key] = cached
             return cached[1]
-        prior_key = (kind, round(eta * 4))
+        prior_key = (kind, round(eta * 4), busy)
         known = self._prior.get(prior_key)
         if known is None:
             lead = policy.lead if kind == SUBMIT else policy.lead / 2
             known = optimal_offsets(
                 _prior_intervals(eta, lead),
-                fetch_cost=policy.fetch_cost,
-                max_gap=policy.max_gap,
+                fetch_cost=fetch_cost,
+                max_gap=max_gap,
             )
             self._prior[prior_key] = known
         return known

@@ -191,7 +191,9 @@ class AdaptiveLimit:
 
     Every accepted submit adds ``1/limit``, so the limit grows by one per round of
     ``limit`` accepted submits, up to ``maximum``; a rate-limit answer halves it (never
-    below 1), at most once per ``max(cooldown, retry_after)`` seconds. The new limit goes to
+    below 1), at most once per ``max(cooldown, retry_after)`` seconds. A queue-limit
+    answer that names the account's cap N ("Maximum N queued requests allowed.") sets the
+    limit to exactly N (:meth:`cap_named`), and it never grows past N. The new limit goes to
     :meth:`Slots.set_limit`, so slots shared by several processes learn it for all; a
     failure to set it is logged, never raised (the old limit stays).
     """
@@ -211,6 +213,18 @@ class AdaptiveLimit:
         self._credit = 0.0
         self._last_decrease = -math.inf
         self.decreases = 0
+        self.cap: int | None = None
+
+    async def cap_named(self, cap: int) -> None:
+        """The API named the account's queue cap: the limit is *cap* from now on."""
+        if cap != self.cap:
+            log.info(
+                "the account allows %d unfinished jobs: limit %d -> %d", cap, self.slots.limit, cap
+            )
+            self.cap = self.maximum = cap
+            self._credit = 0.0
+        if self.slots.limit != cap:
+            await self._set(cap)
 
     async def accepted(self) -> None:
         """One submit was accepted."""

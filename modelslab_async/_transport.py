@@ -46,6 +46,7 @@ from ._errors import (
     APIError,
     ClientStateError,
     ConfigurationError,
+    InsufficientCreditsError,
     JobId,
     ModelsLabError,
     RateLimitError,
@@ -215,6 +216,9 @@ class Action(enum.Enum):
 
     RETRY = "retried"
     WAIT = "retried after `Retry-After`"  # and, for a submit, every submit of the client waits
+    # Raised to the caller when the transport has ``queue_limits_to_caller`` (the client
+    # then waits for one of its own jobs to resolve); else waited out as WAIT.
+    TO_CALLER = "retried when one of the client's own jobs resolves"
     AMBIGUOUS = "**not retried**"  # unless retry_ambiguous_submits: a duplicate is charged
     STOP = "not retried"
 
@@ -242,6 +246,20 @@ def _is_503(o: _Outcome) -> bool:
 #: The retry decision, first matching row wins. Rate-limit waits are bounded by
 #: ``rate_limit_patience``, the other retries by ``max_retries``.
 RETRY_RULES: tuple[RetryRule, ...] = (
+    RetryRule(
+        "queue-limit answer naming the cap N",
+        lambda o: isinstance(o.error, RateLimitError) and o.error.queue_limit is not None,
+        fetch=Action.WAIT,
+        submit=Action.TO_CALLER,
+        why="after `Retry-After` only while the client holds fewer than N",
+    ),
+    RetryRule(
+        "HTTP 402, out of credits",
+        _error_is(InsufficientCreditsError),
+        fetch=Action.STOP,
+        submit=Action.STOP,
+        why="a batch stops submitting",
+    ),
     RetryRule(
         "HTTP 429, the API's rate-limit answer",
         _error_is(RateLimitError),
@@ -298,11 +316,18 @@ def rule_for(outcome: _Outcome) -> RetryRule:
     return next(rule for rule in RETRY_RULES if rule.matches(outcome))
 
 
+def action_for(op: Operation, outcome: _Outcome) -> Action:
+    """The action :data:`RETRY_RULES` gives *op* after *outcome*."""
+    rule = rule_for(outcome)
+    return rule.submit if op == "submit" else rule.fetch
+
+
 def retry_decision(op: Operation, outcome: _Outcome, policy: RetryPolicy) -> bool:
-    """Whether to retry *op* after *outcome*, by :data:`RETRY_RULES`."""
+    """Whether to retry *op* after *outcome*, by :data:`RETRY_RULES` (a queue-limit answer
+    raised to the caller is retried there)."""
     rule = rule_for(outcome)
     action = rule.submit if op == "submit" else rule.fetch
-    retry = action in (Action.RETRY, Action.WAIT) or (
+    retry = action in (Action.RETRY, Action.WAIT, Action.TO_CALLER) or (
         action is Action.AMBIGUOUS and policy.retry_ambiguous_submits
     )
     log.debug(
@@ -322,8 +347,10 @@ def retry_table() -> str:
         if action is Action.AMBIGUOUS:
             opt_in = "`retry_ambiguous_submits=True` retries"
             return f"**not retried** (the job may exist): {why}; {opt_in}"
-        if action is Action.WAIT:
-            return f"{action.value}, {why}"
+        if action in (Action.WAIT, Action.TO_CALLER):
+            return f"{action.value}, {why}" if action is Action.WAIT else f"{action.value} ({why})"
+        if action is Action.STOP:
+            return f"{action.value}; {why}" if why else action.value
         return f"{action.value} ({why})" if why else action.value
 
     rows = ["| outcome | fetch, download | submit |", "|---|---|---|"]
@@ -333,7 +360,14 @@ def retry_table() -> str:
 
 
 class SubmitWatch:
-    """Hooks around the attempts of one submit (the batch's write-ahead records)."""
+    """Hooks around the attempts of one submit (the batch's write-ahead records).
+
+    ``sending`` may raise to stop the submit before an attempt goes on the wire (a batch
+    stopped by an invalid key or empty credits). ``shield``: the attempts of a watched
+    submit finish even when cancelled, so that the job id they may bring is recorded.
+    """
+
+    shield = True
 
     async def sending(self) -> None:
         """Called right before an attempt goes on the wire."""
@@ -398,6 +432,7 @@ class Transport:
         pool_limit: int = C.DEFAULT_POOL_LIMIT,
         pool_limit_per_host: int = C.DEFAULT_POOL_LIMIT_PER_HOST,
         on_rate_limit: Callable[[float], None] | None = None,
+        queue_limits_to_caller: bool = False,
     ) -> None:
         self._key = Secret(api_key)
         del api_key  # from here on only the masked value is a local of this frame
@@ -408,6 +443,9 @@ class Transport:
         self.pool_limit_per_host = pool_limit_per_host
         self.gate = RateLimitGate()
         self.on_rate_limit = on_rate_limit
+        # A submit refused for the account's queue cap, with the cap named, is raised to
+        # the caller, who knows which of its jobs hold the cap (no client-wide pause).
+        self.queue_limits_to_caller = queue_limits_to_caller
         self._session: aiohttp.ClientSession | None = None
         self._encoded_base: str | None = None
         self._closed = False
@@ -527,7 +565,7 @@ class Transport:
                 await watch.sending()
             self.counters[op] += 1
             try:
-                with anyio.CancelScope(shield=watch is not None):
+                with anyio.CancelScope(shield=watch is not None and watch.shield):
                     result = await self._post_once(op, url, body, request, job_id, job_meta)
             except _AttemptFailed as failed:
                 if watch is not None and _surely_not_created(failed.outcome):
@@ -553,6 +591,8 @@ class Transport:
                 outcome = failed.outcome
             # Raised here, outside the except block: no internal wrapper in its context.
             if not retry_decision(op, outcome, self.retry):
+                raise outcome.error
+            if self.queue_limits_to_caller and action_for(op, outcome) is Action.TO_CALLER:
                 raise outcome.error
             if isinstance(outcome.error, RateLimitError):
                 wait = (
@@ -729,6 +769,7 @@ __all__ = [
     "SubmitWatch",
     "Timeouts",
     "Transport",
+    "action_for",
     "flag",
     "is_testing",
     "job_path",

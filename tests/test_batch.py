@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 
 from modelslab_async import (
+    AuthenticationError,
     BadRequestError,
     BatchProgress,
     BatchResult,
@@ -32,6 +33,8 @@ from modelslab_async import (
     ClientStateError,
     ConfigurationError,
     GenerationFailed,
+    InsufficientCreditsError,
+    JobNotFoundError,
     RequestValidationError,
     Text2ImgRequest,
 )
@@ -804,9 +807,11 @@ async def test_a_done_item_whose_file_is_gone_is_downloaded_again_by_job_id(
     assert_png(second[2].files[0], (64, 64))
 
 
-async def test_a_resumed_job_unknown_to_the_server_is_submitted_again(tmp_path: Path) -> None:
-    """The emulator of the first run is gone (as when a ``--local`` run dies): its job ids
-    mean nothing to the new one, which answers "Request not found"."""
+async def _lost_jobs(
+    tmp_path: Path,
+) -> tuple[Path, Path, list[Text2ImgRequest], set[Any], dict[int, Any]]:
+    """A first run stopped after its first result, on an emulator then gone: the job ids
+    its manifest records mean nothing to a new emulator ("Request not found")."""
     manifest, out = tmp_path / "run.jsonl", tmp_path / "out"
     requests = [small(f"lost {i}") for i in range(6)]
     async with emulator(seed=1, workers=2, duration=(0.2, 0.3)) as first_emu:
@@ -815,10 +820,55 @@ async def test_a_resumed_job_unknown_to_the_server_is_submitted_again(tmp_path: 
         old_jobs = set(first_emu.stats.jobs)
     unfinished = {i: r for i, r in last_records(manifest).items() if is_answered_submit(r)}
     assert unfinished
+    return manifest, out, requests, old_jobs, unfinished
+
+
+async def test_a_resumed_job_unknown_to_the_server_fails_naming_it_and_is_not_paid_again(
+    tmp_path: Path,
+) -> None:
+    manifest, out, requests, _old, unfinished = await _lost_jobs(tmp_path)
     async with emulator(seed=2) as emu:
         async with client(emu, max_in_flight=8) as c:
             results = by_index(
                 await collect(c.generate_many(requests, dest=out, manifest=manifest))
+            )
+        submitted_prompts = {j.fingerprint for j in emu.stats.jobs.values()}
+        assert len(submitted_prompts) == emu.stats.total_jobs
+    for i, record in unfinished.items():
+        error = results[i].error
+        assert isinstance(error, JobNotFoundError)
+        assert error.job_id == record["job_id"]
+        assert f"job {record['job_id']}" in str(error)
+        assert "--retry-failed" in str(error)
+        assert last_records(manifest)[i]["error"]["type"] == "JobNotFoundError"
+    # nothing was submitted for them: only the items the first run never answered for
+    assert emu.stats.total_jobs == len(requests) - len(unfinished) - sum(
+        1 for r in results.values() if r.from_manifest and r.ok
+    )
+    # asked for: a rerun with retry_failed submits them again, once
+    async with emulator(seed=3) as emu:
+        async with client(emu, max_in_flight=8) as c:
+            again = by_index(
+                await collect(
+                    c.generate_many(requests, dest=out, manifest=manifest, retry_failed=True)
+                )
+            )
+        assert_no_duplicate_submissions(emu)
+        assert emu.stats.total_jobs == len(unfinished)
+    assert all(r.ok for r in again.values())
+
+
+async def test_resubmit_lost_jobs_submits_a_job_unknown_to_the_server_again(
+    tmp_path: Path,
+) -> None:
+    """What a ``--local`` rerun does: the embedded emulator's jobs died with it."""
+    manifest, out, requests, old_jobs, unfinished = await _lost_jobs(tmp_path)
+    async with emulator(seed=2) as emu:
+        async with client(emu, max_in_flight=8) as c:
+            results = by_index(
+                await collect(
+                    c.generate_many(requests, dest=out, manifest=manifest, resubmit_lost_jobs=True)
+                )
             )
         assert_no_duplicate_submissions(emu)
         new_jobs = set(emu.stats.jobs)
@@ -1004,13 +1054,14 @@ async def test_a_batch_and_its_rerun_make_no_blocking_call_on_the_event_loop(
 async def test_a_stop_during_a_rate_limit_pause_takes_back_the_write_ahead_record(
     tmp_path: Path,
 ) -> None:
-    """Ctrl-C while a submit waits out a 429: nothing was created, so the rerun submits the
-    item (no AmbiguousSubmitError) and nothing is paid twice."""
+    """Ctrl-C while a refused submit waits (here for a slot, after a queue-limit 429):
+    nothing was created, so the rerun submits the item (no AmbiguousSubmitError) and
+    nothing is paid twice."""
     manifest = tmp_path / "run.jsonl"
     items = [small(f"paused {i}", seed=i) for i in range(3)]
-    async with emulator(max_queued_per_key=1, queue_retry_after=5.0, duration=(0.3, 0.3)) as emu:
+    async with emulator(max_queued_per_key=1, queue_retry_after=5.0, duration=(2.0, 2.0)) as emu:
         async with client(emu, max_in_flight=3) as c:
-            with anyio.move_on_after(1.0):  # stops while two submits wait out their 429
+            with anyio.move_on_after(1.0):  # stops while two refused submits wait
                 async with contextlib.aclosing(c.generate_many(items, manifest=manifest)) as run:
                     async for _ in run:
                         pass
@@ -1024,6 +1075,62 @@ async def test_a_stop_during_a_rate_limit_pause_takes_back_the_write_ahead_recor
         assert all(r.ok for r in results.values()), [r.error for r in results.values()]
         assert emu.stats.duplicate_submissions() == 0
         assert len(emu.stats.jobs) == 3
+
+
+# --- batch-fatal answers: empty credits, an invalid key ------------------------------------
+
+
+async def test_out_of_credits_stops_submitting_finishes_running_jobs_then_raises(
+    tmp_path: Path,
+) -> None:
+    manifest, out = tmp_path / "run.jsonl", tmp_path / "out"
+    requests = [small(f"credit {i}", seed=i) for i in range(30)]
+    progress: list[BatchProgress] = []
+    yielded: list[BatchResult] = []
+    async with emulator(credits=10, workers=4, duration=(0.2, 0.4)) as emu:
+        async with client(emu, max_in_flight=4) as c:
+            run = c.generate_many(
+                requests, dest=out, manifest=manifest, on_progress=progress.append
+            )
+            with pytest.raises(InsufficientCreditsError) as info:
+                await _drain(run, yielded)
+        refused = emu.stats.insufficient_credits
+        assert emu.stats.total_jobs == 10
+    assert info.value.status_code == 402
+    assert len(yielded) == 10  # every paid job was yielded
+    assert all(r.ok for r in yielded)
+    assert 1 <= refused <= 4  # at most one refused submit per slot, not one per item
+    records = last_records(manifest)
+    not_submitted = [
+        i for i, r in records.items() if (r["error"] or {}).get("type") == "NotSubmitted"
+    ]
+    assert len(not_submitted) == progress[-1].not_submitted >= refused
+    assert all(records[i]["job_id"] is None for i in not_submitted)
+    assert len(records) < len(requests)  # the rest of the input was never read
+    # After a top-up the same call submits exactly the items not done.
+    async with emulator(credits=100) as emu:
+        async with client(emu) as c:
+            results = by_index(
+                await collect(c.generate_many(requests, dest=out, manifest=manifest))
+            )
+        assert emu.stats.total_jobs == 20
+    assert all(r.ok for r in results.values())
+    assert len(results) == 30
+
+
+async def _drain(batch: AsyncIterator[BatchResult], into: list[BatchResult]) -> None:
+    async with contextlib.aclosing(batch):
+        async for result in batch:
+            into.append(result)
+
+
+async def test_an_invalid_key_stops_the_batch_after_one_submit_per_slot() -> None:
+    requests = [small(f"key {i}") for i in range(50)]
+    async with emulator(keys=["another-key"]) as emu:
+        async with client(emu, max_in_flight=4) as c:
+            with pytest.raises(AuthenticationError):
+                await collect(c.generate_many(requests))
+        assert emu.stats.requests_by_endpoint["submit"] <= 4
 
 
 async def test_the_manifest_records_prompt_seed_and_generation_time(tmp_path: Path) -> None:

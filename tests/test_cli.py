@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import pytest
 from PIL import Image
@@ -242,6 +243,54 @@ async def test_a_rejected_key_exits_2_and_is_never_printed(tmp_path: Path) -> No
     for result in (batch, generate):
         assert result.returncode == 2
         assert b"AuthenticationError" in result.stderr
+
+
+async def test_out_of_credits_exits_3_and_a_rerun_after_a_top_up_does_the_rest(
+    tmp_path: Path,
+) -> None:
+    # The key may create 40 jobs, then every submit gets HTTP 402.
+    prompts = _prompts(tmp_path, 100)
+    args = ("batch", str(prompts), "--out", "out", "--concurrency", "8")
+    config = EmulatorConfig(credits=40, duration=(0.05, 0.1), workers=8)
+    async with Emulator(config) as emu:
+        first = await run_cli(*args, "--base-url", emu.base_url, cwd=tmp_path)
+        assert first.returncode == 3, first.stderr.decode()
+        assert emu.stats.total_jobs == 40
+        assert 1 <= emu.stats.insufficient_credits <= 8  # one refused submit per slot at most
+        stderr = first.stderr.decode()
+        assert "InsufficientCreditsError" in stderr
+        assert "40 done, 0 failed, 60 not submitted" in stderr
+        assert "Top up and rerun the same command" in stderr
+        records = _last_records(tmp_path / "out" / "manifest.jsonl")
+        assert sum(r["state"] == "done" for r in records.values()) == 40
+        # the top-up endpoint, as a user of the standalone emulator would call it
+        async with aiohttp.ClientSession() as session:
+            url = emu.base_url.split("/api/")[0] + "/__emulator/credits"
+            async with session.post(url, json={"key": CANARY, "credits": 1000}) as resp:
+                assert resp.status == 200
+        second = await run_cli(*args, "--base-url", emu.base_url, cwd=tmp_path)
+        assert second.returncode == 0, second.stderr.decode()
+        assert emu.stats.total_jobs == 100
+        assert emu.stats.duplicate_submissions() == 0
+    records = _last_records(tmp_path / "out" / "manifest.jsonl")
+    assert len(records) == 100
+    assert all(r["state"] == "done" for r in records.values())
+
+
+async def test_an_invalid_key_stops_a_large_batch_within_a_few_submits(tmp_path: Path) -> None:
+    prompts = _prompts(tmp_path, 100)
+    async with Emulator(EmulatorConfig(keys=frozenset({"another-key"}))) as emu:
+        result = await run_cli(
+            "batch", str(prompts), "--out", "out", "--concurrency", "8",
+            "--base-url", emu.base_url,
+            cwd=tmp_path,
+        )  # fmt: skip
+        submits = emu.stats.requests_by_endpoint["submit"]
+    assert result.returncode == 2
+    assert submits <= 10
+    stderr = result.stderr.decode()
+    assert "API key in MODELSLAB_API_KEY" in stderr
+    assert "0 done, 0 failed, 100 not submitted" in stderr
 
 
 async def test_without_a_key_it_runs_local_and_says_so_in_one_line(tmp_path: Path) -> None:

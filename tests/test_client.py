@@ -238,27 +238,73 @@ async def test_cancelling_one_waiter_leaves_the_others_alone() -> None:
 # --- rate limits and the in-flight bound ------------------------------------------------------
 
 
-async def test_a_queue_limit_429_pauses_submits_and_fails_no_item() -> None:
-    config = EmulatorConfig(workers=2, duration=0.1, max_queued_per_key=2, queue_retry_after=0.05)
+async def test_a_queue_limit_answer_lowers_a_higher_limit_to_the_cap_and_waits_for_a_slot() -> None:
+    # The documented retry_after (here 600 s) is not slept through: the refused items wait
+    # for one of the client's own jobs to resolve (a hang guard would stop a 600 s sleep).
+    config = EmulatorConfig(workers=2, duration=0.1, max_queued_per_key=2, queue_retry_after=600)
     async with emulated(config, max_in_flight=6) as (emu, client):
         gens: list[Generation] = []
 
         async def one(i: int) -> None:
             gens.append(await client.text2img(prompt=f"item {i}", seed=i))
 
-        async with anyio.create_task_group() as tg:
-            for i in range(6):
-                tg.start_soon(one, i)
+        with anyio.fail_after(GUARD):
+            async with anyio.create_task_group() as tg:
+                for i in range(6):
+                    tg.start_soon(one, i)
         stats = client.statistics()
     assert len(gens) == 6
-    assert emu.stats.rate_limited_by_reason["queue"] > 0
-    assert stats.rate_limit_pauses > 0
+    assert 1 <= emu.stats.queue_limited() <= 4  # only the first wave, before the cap is known
+    assert stats.in_flight_limit == 2
+    assert stats.rate_limit_pauses == 0  # a queue-limit answer pauses no other submit
     assert emu.stats.total_jobs == 6
     assert emu.stats.duplicate_submissions() == 0
 
 
-async def test_auto_in_flight_backs_off_on_429_and_grows_back() -> None:
-    config = EmulatorConfig(workers=3, duration=0.05, max_queued_per_key=3, queue_retry_after=0.05)
+async def test_auto_sets_the_limit_to_exactly_the_cap_the_answer_names() -> None:
+    config = EmulatorConfig(workers=3, duration=0.05, max_queued_per_key=3, queue_retry_after=600)
+    async with emulated(config, max_in_flight="auto") as (emu, client):
+        assert client.in_flight_limit == 4
+        limits: list[int] = []
+
+        async def one(i: int) -> None:
+            await client.text2img(prompt=f"item {i}", seed=i)
+            limits.append(client.in_flight_limit)
+
+        with anyio.fail_after(GUARD):
+            async with anyio.create_task_group() as tg:
+                for i in range(24):
+                    tg.start_soon(one, i)
+        stats = client.statistics()
+    assert set(limits) == {3}  # not a halving to 2, and no growth past the named cap
+    assert emu.stats.queue_limited() == 1  # the one submit over the cap, then never again
+    assert stats.rate_limit_pauses == 0
+    assert emu.stats.total_jobs == 24
+    assert emu.stats.duplicate_submissions() == 0
+
+
+async def test_a_queue_limit_while_others_hold_the_account_waits_the_advised_retry_after() -> None:
+    # Another client (another process) holds one of the account's 2 slots for a while:
+    # this client, holding 1, is refused although it holds fewer than the cap, so its
+    # refused submit waits the answer's retry_after (it keeps its limit and its slot).
+    config = EmulatorConfig(workers=3, duration=0.5, max_queued_per_key=2, queue_retry_after=0.05)
+    async with emulated(config, max_in_flight=2) as (emu, client):
+        async with Client(KEY, base_url=emu.base_url, max_in_flight=1) as other:
+            blocker = await other.submit(prompt="the other process's job")
+            with anyio.fail_after(GUARD):
+                async with anyio.create_task_group() as tg:
+                    for i in range(2):
+                        tg.start_soon(functools.partial(client.text2img, prompt=f"item {i}"))
+            await other.wait(blocker)
+        stats = client.statistics()
+    assert emu.stats.queue_limited() >= 1
+    assert stats.in_flight_limit == 2
+    assert emu.stats.total_jobs == 3
+    assert emu.stats.duplicate_submissions() == 0
+
+
+async def test_auto_backs_off_on_a_rate_limit_naming_no_queue_cap_and_grows_back() -> None:
+    config = EmulatorConfig(workers=3, duration=0.05, rate_limit=10, retry_after=0.05)
     async with emulated(config, max_in_flight="auto") as (emu, client):
         start = client.in_flight_limit
         limits: list[int] = []
@@ -268,15 +314,26 @@ async def test_auto_in_flight_backs_off_on_429_and_grows_back() -> None:
             limits.append(client.in_flight_limit)
 
         async with anyio.create_task_group() as tg:
-            for i in range(24):
+            for i in range(48):
                 tg.start_soon(one, i)
         pauses = client.statistics().rate_limit_pauses
-    assert emu.stats.rate_limited > 0
+    assert emu.stats.rate_limited_by_reason["rate"] > 0
     assert pauses > 0
     low = min(limits)
     assert low < start  # multiplicative decrease after the 429s ...
     assert max(limits[limits.index(low) :]) > low  # ... and additive increase after
-    assert emu.stats.total_jobs == 24
+    assert emu.stats.total_jobs == 48
+
+
+async def test_a_slot_is_free_again_before_its_job_is_downloaded() -> None:
+    config = EmulatorConfig(workers=1, duration=0.05)
+    async with emulated(config, max_in_flight=1) as (_emu, client):
+        job = await client.submit(prompt="one")
+        assert client.statistics().in_flight == 1
+        gen = await client.wait(job)
+        held_after_wait = client.statistics().in_flight
+        await client.download(gen)
+    assert held_after_wait == 0
 
 
 # --- slots: LocalSlots, the learned limit, and any Slots a client is given ----------------------
@@ -522,7 +579,7 @@ async def test_auto_learns_the_limit_of_the_slots_it_is_given() -> None:
                 tg.start_soon(one, i)
     assert emu.stats.rate_limited > 0
     assert slots.limits
-    assert min(slots.limits) < 8  # halved on the queue-limit answers, on the given slots
+    assert slots.limits[-1] == 2  # the cap the queue-limit answer names, on the given slots
 
 
 async def test_clients_sharing_redis_slots_stay_under_the_shared_cap_while_leases_renew(
@@ -652,7 +709,7 @@ async def test_the_key_appears_in_no_error_message_repr_or_log_line(
         with pytest.raises(DownloadError) as dl:
             await client.download(Generation(id=first.id, output=first.future_links))
         errors.append(dl.value)
-        assert client.statistics().rate_limit_pauses > 0
+        assert _emu.stats.queue_limited() > 0
         assert KEY not in repr(client)
         assert KEY not in repr(client.statistics())
     # Nothing listening.

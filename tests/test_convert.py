@@ -18,6 +18,7 @@ from modelslab_async import (
     BadRequestError,
     Generation,
     GenerationFailed,
+    InsufficientCreditsError,
     Job,
     Meta,
     ModelsLabError,
@@ -735,6 +736,9 @@ def test_http_error_status_with_an_error_body_maps_to_its_class() -> None:
         ("width must be less than 1024", BadRequestError),
         ("Failed, Try Again", GenerationFailed),
         ("Something odd", APIError),
+        ("Insufficient credits. Please add more credits to continue.", InsufficientCreditsError),
+        ("Your wallet balance is too low", InsufficientCreditsError),
+        ("Your subscription has expired", InsufficientCreditsError),
     ],
 )
 def test_api_messages_map_to_their_class(message: str, kind: type[ModelsLabError]) -> None:
@@ -754,6 +758,34 @@ def test_a_negative_or_non_numeric_retry_after_in_the_body_is_ignored() -> None:
         exc = error_from_answer(data, status_code=200, retry_after=2.0)
         assert isinstance(exc, RateLimitError)
         assert exc.retry_after == 2.0
+
+
+@pytest.mark.parametrize(
+    ("message", "cap"),
+    [
+        ("Rate limit exceeded. Maximum 5 queued requests allowed.", 5),
+        ("Rate limit exceeded. maximum 15 queued requests allowed", 15),
+        ("Rate limit exceeded. Maximum 0 queued requests allowed.", None),
+        ("Rate limit exceeded. Maximum 5 requests per second allowed.", None),
+        ("Rate limit exceeded", None),
+        ("queue full", None),
+    ],
+)
+def test_a_queue_limit_answer_names_the_cap(message: str, cap: int | None) -> None:
+    data = {"status": "error", "message": message, "retry_after": 30}
+    exc = error_from_answer(data, status_code=429)
+    assert isinstance(exc, RateLimitError)
+    assert exc.queue_limit == cap
+    assert exc.retry_after == 30.0
+
+
+def test_http_402_is_out_of_credits_whatever_the_message() -> None:
+    exc = error_from_answer({"status": "error", "message": "Payment required"}, status_code=402)
+    assert type(exc) is InsufficientCreditsError
+    assert exc.status_code == 402
+    assert "top up" in str(exc)
+    html = error_from_answer(None, status_code=402, body=b"<html>pay</html>")
+    assert type(html) is InsufficientCreditsError
 
 
 def test_a_string_retry_after_in_the_body_is_read() -> None:

@@ -22,6 +22,8 @@ from modelslab_async import (
     DownloadError,
     GenerationFailed,
     GenerationTimeout,
+    InsufficientCreditsError,
+    JobNotFoundError,
     ManifestLockedError,
     ModelsLabError,
     RateLimitError,
@@ -60,7 +62,9 @@ TREE: list[tuple[type[BaseException], tuple[type[BaseException], ...]]] = [
     (APIError, (ModelsLabError,)),
     (AuthenticationError, (APIError,)),
     (RateLimitError, (APIError,)),
+    (InsufficientCreditsError, (APIError,)),
     (BadRequestError, (APIError,)),
+    (JobNotFoundError, (BadRequestError,)),
     (RedirectError, (APIError,)),
     (ServerError, (APIError,)),
     (GenerationFailed, (ModelsLabError,)),
@@ -137,6 +141,8 @@ def test_api_errors_carry_status_message_url_and_job_id() -> None:
 def test_rate_limit_error_carries_retry_after() -> None:
     assert RateLimitError("x", retry_after=30.0).retry_after == 30.0
     assert RateLimitError("x").retry_after is None
+    assert RateLimitError("x", queue_limit=5).queue_limit == 5
+    assert RateLimitError("x").queue_limit is None
 
 
 def test_job_scoped_errors_carry_the_job_id() -> None:

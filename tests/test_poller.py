@@ -8,6 +8,7 @@ that every asyncio task of the test's loop belongs to the test or to the client.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import math
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -181,6 +182,45 @@ def test_checks_gather_where_jobs_finish() -> None:
 # --- ScheduleModel ----------------------------------------------------------------------------
 
 
+def test_the_busy_schedule_checks_more_densely_where_jobs_finish() -> None:
+    # While submits wait for a slot, each second of lag idles a paid slot: denser checks.
+    policy = PollPolicy()
+    model = ScheduleModel(policy)
+    for lo, hi in spread_samples(80):
+        model.observe(SUBMIT, 2.0, lo, hi)
+    calm = model.offsets(SUBMIT, 2.0)
+    busy = model.offsets(SUBMIT, 2.0, busy=True)
+    assert len(busy) > len(calm)
+    assert max(b - a for a, b in itertools.pairwise(busy)) <= policy.busy_max_gap + 0.05 + EPS
+    # never looser than the calm schedule, whatever the busy knobs say
+    loose = ScheduleModel(PollPolicy(busy_fetch_cost=10.0, busy_max_gap=None))
+    for lo, hi in spread_samples(80):
+        loose.observe(SUBMIT, 2.0, lo, hi)
+    assert loose.offsets(SUBMIT, 2.0, busy=True) == loose.offsets(SUBMIT, 2.0)
+
+
+@pytest.mark.anyio
+async def test_the_poller_follows_the_busy_schedule_while_submits_wait_for_a_slot() -> None:
+    # One slot, eight submits: seven always wait, so the poller polls on the busy schedule.
+    config = EmulatorConfig(workers=1, duration=(0.3, 0.6))
+    async with Emulator(config) as emu:
+        calm = await _fetches_per_job(emu, PollPolicy(busy_fetch_cost=0.2, busy_max_gap=0.45))
+        emu.stats.reset()
+        busy = await _fetches_per_job(emu, PollPolicy())
+    assert busy > calm
+
+
+async def _fetches_per_job(emu: Emulator, policy: PollPolicy) -> float:
+    async with Client(
+        KEY, base_url=emu.base_url, max_in_flight=1, poll=policy, retry=FAST_RETRY
+    ) as client:
+        with anyio.fail_after(GUARD):
+            async with anyio.create_task_group() as tg:
+                for i in range(8):
+                    tg.start_soon(functools.partial(client.text2img, prompt=f"busy {i}"))
+    return emu.stats.fetches_per_job()
+
+
 def test_schedule_model_uses_the_prior_below_min_samples() -> None:
     policy = PollPolicy(min_samples=10)
     model = ScheduleModel(policy)
@@ -265,6 +305,8 @@ OUT_OF_RANGE: dict[str, list[Any]] = {
     "learn": ["yes", 1, None],
     "explore": [-0.1, 1.01],
     "relative_cost": [-0.25, math.nan],
+    "busy_fetch_cost": [0, -1.0, math.nan],
+    "busy_max_gap": [0.0, -0.2, math.inf],
 }
 
 
@@ -305,6 +347,7 @@ def test_poll_policy_accepts_the_edges_of_every_range() -> None:
         learn=False,
         explore=1,
         relative_cost=0,
+        busy_max_gap=None,
     )
     PollPolicy(jitter=1, explore=0)
 

@@ -1042,3 +1042,15 @@ async def test_a_closed_transport_no_longer_masks_its_key() -> None:
     # registered cut words in later messages of other clients).
     assert redact("initial_backoff") == "initial_backoff"
     assert "4 chars" in repr(t)
+
+
+def test_a_queue_limit_answer_goes_to_the_caller_and_credits_stop() -> None:
+    from modelslab_async import InsufficientCreditsError
+    from modelslab_async._transport import Action, action_for
+
+    queue = _Outcome(RateLimitError("x", queue_limit=5), sent=True)
+    assert action_for("submit", queue) is Action.TO_CALLER
+    assert action_for("fetch", queue) is Action.WAIT
+    assert retry_decision("submit", queue, RetryPolicy())
+    credits = _Outcome(InsufficientCreditsError("x", status_code=402), sent=True)
+    assert not retry_decision("submit", credits, RetryPolicy(retry_ambiguous_submits=True))

@@ -24,9 +24,11 @@ from .. import _constants as C
 from .._batch import BatchProgress
 from .._client import MaxInFlight
 from .._errors import (
+    APIError,
     AuthenticationError,
     ConfigurationError,
     GenerationTimeout,
+    InsufficientCreditsError,
     JobId,
     ManifestLockedError,
     ModelsLabError,
@@ -53,6 +55,7 @@ from ._options import (
 from ._reporting import REPORT_ERRORS, report_link, run_stats, write_batch_report
 from ._run import (
     EXIT_BROKEN_PIPE,
+    EXIT_CREDITS,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -266,6 +269,7 @@ class _BatchPlan:
 async def _run_batch(plan: _BatchPlan, interrupt: Interrupt, console: Console) -> int:
     tally = Tally()
     code = EXIT_OK
+    stopped: APIError | None = None  # an invalid key or empty credits stopped the submits
 
     def on_progress(progress: BatchProgress) -> None:
         tally.submitted = progress.submitted
@@ -302,6 +306,8 @@ async def _run_batch(plan: _BatchPlan, interrupt: Interrupt, console: Console) -
                         manifest=plan.manifest,
                         on_progress=on_progress,
                         retry_failed=plan.retry_failed,
+                        # the embedded emulator's jobs die with it: a new one is free
+                        resubmit_lost_jobs=plan.where.local,
                     )
                     async with _closing(results):
                         async for result in results:
@@ -317,6 +323,9 @@ async def _run_batch(plan: _BatchPlan, interrupt: Interrupt, console: Console) -
                                 display.say(f"Error: {type(error).__name__}: {error}")
                                 code = EXIT_USAGE
                                 break
+                except (AuthenticationError, InsufficientCreditsError) as exc:
+                    stopped = exc  # reported after the summary, with the counts
+                    code = EXIT_CREDITS if isinstance(exc, InsufficientCreditsError) else EXIT_USAGE
                 except (ModelsLabError, *USAGE_ERRORS, *FILE_ERRORS) as exc:
                     # raised by the batch itself (the input, the manifest), not by an item
                     display.say(error_line(exc, plan.manifest))
@@ -329,11 +338,31 @@ async def _run_batch(plan: _BatchPlan, interrupt: Interrupt, console: Console) -
     summary(console, tally, plan.out, plan.manifest, interrupted)
     if not locked_out:  # the folder is another run's: its report is that run's to write
         await write_batch_report(console, plan.out, plan.manifest, run_stats(tally, lags))
+    if stopped is not None and not interrupted:
+        say(console, await _stopped_line(stopped, tally, plan))
     if interrupted:
         return interrupt.exit_code
     if code == EXIT_OK and tally.failed:
         code = EXIT_FAILED
     return code
+
+
+async def _stopped_line(error: APIError, tally: Tally, plan: _BatchPlan) -> str:
+    """What stopped the batch's submits, the counts, and what to do (never the key)."""
+    total = tally.total
+    if total is None and plan.source != "-":
+        total = await anyio.to_thread.run_sync(count_items, plan.source, plan.input_format)
+    rest = "the rest" if total is None else str(max(0, total - tally.done - tally.failed))
+    counts = f"{tally.done} done, {tally.failed} failed, {rest} not submitted"
+    if isinstance(error, InsufficientCreditsError):
+        return (
+            f"Error: InsufficientCreditsError: {error}. {counts}. "
+            "Top up and rerun the same command: it submits only the items not done."
+        )
+    return (
+        f"Error: AuthenticationError: the API rejected the API key in {C.ENV_API_KEY} "
+        f"({error}). {counts}. Set a valid key and rerun the same command."
+    )
 
 
 T = TypeVar("T")

@@ -28,6 +28,7 @@ from .._client import Client, MaxInFlight
 from .._errors import (
     AuthenticationError,
     ConfigurationError,
+    InsufficientCreditsError,
     ModelsLabError,
     RequestValidationError,
     TransportError,
@@ -196,6 +197,8 @@ FILE_ERRORS = (UnicodeDecodeError, RecursionError)
 
 
 def exit_code_for(error: BaseException) -> int:
+    if isinstance(error, InsufficientCreditsError):
+        return EXIT_CREDITS
     return EXIT_USAGE if isinstance(error, USAGE_ERRORS + FILE_ERRORS) else EXIT_FAILED
 
 
