@@ -164,9 +164,8 @@ def _take_lock(lock_path: Path, manifest: Path) -> int | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            pid = _holder_pid(fd)
             os.close(fd)
-            pid = int(holder) if holder.isdigit() else None
             raise ManifestLockedError(str(manifest), pid) from None
         except BaseException:
             os.close(fd)
@@ -178,10 +177,23 @@ def _take_lock(lock_path: Path, manifest: Path) -> int | None:
         except FileNotFoundError:
             same = False
         if same:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            # Overwrite, then cut: a reader sees a whole pid at every moment (never "").
+            mine = f"{os.getpid()}\n".encode()
+            os.pwrite(fd, mine, 0)
+            os.ftruncate(fd, len(mine))
             return fd
         os.close(fd)
+
+
+def _holder_pid(fd: int) -> int | None:
+    """The pid the lock's holder wrote, waiting up to 1 s for a holder that has just taken
+    a new lock file to write it (this runs in a worker thread)."""
+    for _ in range(100):
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        if text.isdigit():
+            return int(text)
+        time.sleep(0.01)
+    return None
 
 
 class Manifest:
