@@ -46,6 +46,7 @@ from ._download import remove_stale_parts, verify_image_file
 from ._errors import (
     AmbiguousSubmitError,
     BadRequestError,
+    ConfigurationError,
     DownloadError,
     GenerationFailed,
     GenerationTimeout,
@@ -119,7 +120,7 @@ class _Batch:
     def __init__(
         self,
         client: Client,
-        requests: Iterable[RequestLike] | AsyncIterable[RequestLike],
+        requests: Iterable[Any] | AsyncIterable[Any],
         *,
         dest: str | os.PathLike[str] | None,
         manifest: str | os.PathLike[str] | None,
@@ -128,9 +129,11 @@ class _Batch:
         retry_failed: bool,
         max_resubmits: int,
         webhook: WebhookReceiver | None,
+        indexed: bool = False,
     ) -> None:
         self.client = client
         self.requests = requests
+        self.indexed = indexed
         self.dest = Path(dest) if dest is not None else None
         self.manifest_path = manifest
         self.manifest: Manifest | None = None
@@ -198,7 +201,7 @@ class _Batch:
         try:
             if self.dest is not None:
                 await anyio.to_thread.run_sync(remove_stale_parts, self.dest)
-            items = _Items(self.requests)
+            items = _Items(self.requests, indexed=self.indexed)
             async with anyio.create_task_group() as tg:
                 self._spawn_worker(tg, items)
         finally:
@@ -583,9 +586,15 @@ class _Handoff:
 
 
 class _Items:
-    """The input, read lazily by the workers: ``(index, item)`` pairs, None at the end."""
+    """The input, read lazily by the workers: ``(index, item)`` pairs, None at the end.
 
-    def __init__(self, requests: Iterable[RequestLike] | AsyncIterable[RequestLike]) -> None:
+    The index is the item's position in the input, or (``indexed``) the index the input
+    gives with each item as an ``(index, request)`` pair."""
+
+    def __init__(
+        self, requests: Iterable[Any] | AsyncIterable[Any], *, indexed: bool = False
+    ) -> None:
+        self._indexed = indexed
         self._iterator: Any
         if isinstance(requests, AsyncIterable):
             self._iterator, self._async = requests.__aiter__(), True
@@ -607,14 +616,31 @@ class _Items:
         except (StopIteration, StopAsyncIteration):
             self._ended = True
             return None
+        if self._indexed:
+            return _indexed_item(item)
         index = self._index
         self._index += 1
         return index, item
 
 
+def _indexed_item(item: Any) -> tuple[int, RequestLike]:
+    if (
+        isinstance(item, tuple)
+        and len(item) == 2
+        and isinstance(item[0], int)
+        and not isinstance(item[0], bool)
+        and item[0] >= 0
+    ):
+        return item[0], item[1]
+    raise ConfigurationError(
+        f"indexed=True: got an item of type {type(item).__name__}, "
+        "allowed an (index, request) pair with an integer index >= 0"
+    )
+
+
 async def run_batch(
     client: Client,
-    requests: Iterable[RequestLike] | AsyncIterable[RequestLike],
+    requests: Iterable[Any] | AsyncIterable[Any],
     *,
     dest: str | os.PathLike[str] | None = None,
     manifest: str | os.PathLike[str] | None = None,
@@ -623,6 +649,7 @@ async def run_batch(
     retry_failed: bool = False,
     max_resubmits: int = 2,
     webhook: WebhookReceiver | None = None,
+    indexed: bool = False,
 ) -> AsyncIterator[BatchResult]:
     """The async generator behind ``Client.generate_many`` (see the module docstring).
 
@@ -656,6 +683,7 @@ async def run_batch(
         retry_failed=retry_failed,
         max_resubmits=max_resubmits,
         webhook=webhook,
+        indexed=indexed,
     )
     # No buffer: an item keeps its slot until the consumer has taken its result, so a slow
     # consumer holds back the input instead of letting results pile up.

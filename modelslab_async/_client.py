@@ -491,8 +491,8 @@ class Client:
 
     def generate_many(
         self,
-        requests: Iterable[Text2ImgRequest | Mapping[str, Any] | str]
-        | AsyncIterable[Text2ImgRequest | Mapping[str, Any] | str],
+        requests: Iterable[Text2ImgRequest | Mapping[str, Any] | str | tuple[int, Any]]
+        | AsyncIterable[Text2ImgRequest | Mapping[str, Any] | str | tuple[int, Any]],
         *,
         dest: str | os.PathLike[str] | None = None,
         manifest: str | os.PathLike[str] | None = None,
@@ -501,6 +501,7 @@ class Client:
         retry_failed: bool = False,
         max_resubmits: int = 2,
         webhook: WebhookReceiver | None = None,
+        indexed: bool = False,
     ) -> AsyncIterator[BatchResult]:
         """Generate many requests concurrently; yields a :class:`BatchResult` per item as it
         completes (not in input order: ``result.index`` is the input position).
@@ -513,7 +514,11 @@ class Client:
         (default: the client's limit plus room for downloads). *on_progress*: called with
         a :class:`BatchProgress` on every change. *max_resubmits*: resubmissions of a job
         that failed with the API's transient "Failed, Try Again". *webhook*: a
-        :class:`WebhookReceiver` to be told when jobs finish.
+        :class:`WebhookReceiver` to be told when jobs finish. *indexed*: each item is an
+        ``(index, request)`` pair, and results and manifest records carry that index
+        instead of the item's position (indices unique, >= 0, gaps allowed): a caller that
+        resumes part of a larger job, such as a dataset skipping its finished shards,
+        feeds only the items it still needs under their own indices.
 
         One item's failure is reported on its result and never stops the batch. Leaving
         the loop early cancels the rest; wrap the call in ``contextlib.aclosing`` for that
@@ -531,6 +536,7 @@ class Client:
             retry_failed=retry_failed,
             max_resubmits=max_resubmits,
             webhook=webhook,
+            indexed=indexed,
         )
 
     # --- internals --------------------------------------------------------------------------
