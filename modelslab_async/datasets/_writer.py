@@ -2,16 +2,17 @@
 
 Shard k holds input rows [k*S, (k+1)*S). Rows go through ``Client.generate_many`` with
 their row index as the batch index (``indexed=True``), so the run's manifest speaks of
-input rows, and a rerun can leave out whole shards. Each finished row leaves a small
-JSON file in ``OUT/.staging/NNNNN/`` (its sample, or its failure) beside the images the
-batch downloaded into ``OUT/.staging/``. When every row of a shard is staged, a worker
-thread writes the shard (temporary name, fsync, rename), appends the shard's failures to
-``failures.jsonl``, writes ``NNNNN_stats.json`` last (the mark of a complete shard) and
-removes what the shard staged.
+input rows, and a rerun can leave out whole shards. Each finished row appends a line (its
+sample, or its failure) to its shard's log ``OUT/.staging/NNNNN.jsonl``, beside the images
+the batch downloaded into ``OUT/.staging/``, and is kept in memory until its shard is
+written (the rows of the open shards only: a few shards of small records). When every row
+of a shard is staged, a worker thread writes the shard (temporary name, fsync, rename),
+appends the shard's failures to ``failures.jsonl``, writes ``NNNNN_stats.json`` last (the
+mark of a complete shard) and removes what the shard staged.
 
 A rerun skips complete shards without reading them, takes the rows already staged from
-their JSON files, and feeds the batch only the others: the batch then resumes submitted
-jobs from the manifest and submits only what was never submitted.
+the logs, and feeds the batch only the others: the batch then resumes submitted jobs from
+the manifest and submits only what was never submitted.
 """
 
 from __future__ import annotations
@@ -117,8 +118,8 @@ class _Shard:
     number: int
     started: float = attrs.field(factory=time.monotonic)
     seen: int = 0  # input rows read
-    indices: set[int] = attrs.field(factory=set)  # rows staged (done or failed)
-    staged: dict[str, dict[str, Any]] = attrs.field(factory=dict)  # staged by an earlier run
+    records: dict[int, dict[str, Any]] = attrs.field(factory=dict)  # rows staged, by index
+    staged: dict[int, dict[str, Any]] = attrs.field(factory=dict)  # staged by an earlier run
     closed: bool = False  # no more input rows can fall in it
     packing: bool = False
 
@@ -194,7 +195,8 @@ class _Run:
         self.complete: dict[int, dict[str, Any]] = {}  # shard -> its stats
         self.open: dict[int, _Shard] = {}
         self.shards_seen: set[int] = set()
-        self.pending: dict[int, Row] = {}  # rows in the batch, by index
+        self.pending: dict[int, tuple[Row, str]] = {}  # rows in the batch and their sha
+        self.log = _Appender()
         self.info: dict[str, Any] = {}
         self.metadata: list[MetadataColumn] | None = None
         self.pack_lock = anyio.Lock()
@@ -259,6 +261,7 @@ class _Run:
         finally:
             self.tg = None
             await feed.aclose()
+            await self.log.close()
         if self.failure is not None:
             raise self.failure
         complete = self.shards_seen <= set(self.complete)
@@ -389,18 +392,18 @@ class _Run:
                 shard.staged = await anyio.to_thread.run_sync(self.read_staged, number)
             shard.seen += 1
             sha = _row_sha(row)
-            before = shard.staged.pop(row.key, None)
+            before = shard.staged.pop(index, None)
             if (
                 before is not None
                 and before.get("sha") == sha
                 and (before.get("state") == "done" or not self.retry_failed or not row.ok)
             ):
-                self.account(shard, index, before)
+                self.account(shard, before)
                 continue
             if row.request is None or not row.ok:
                 await self.stage_failure(shard, row, sha, row.error, None, bad_row=True)
                 continue
-            self.pending[index] = row
+            self.pending[index] = (row, sha)
             yield index, row.request
         self.changed()
 
@@ -411,21 +414,26 @@ class _Run:
                 shard.closed = True
                 self.maybe_pack(shard)
 
-    def read_staged(self, number: int) -> dict[str, dict[str, Any]]:
-        folder = self.layout.staging / shard_name(number)
-        staged: dict[str, dict[str, Any]] = {}
-        if not folder.is_dir():
+    def log_path(self, number: int) -> Path:
+        return self.layout.staging / f"{shard_name(number)}.jsonl"
+
+    def read_staged(self, number: int) -> dict[int, dict[str, Any]]:
+        """The rows an earlier run staged for shard *number* whose images are still there
+        (the last record of a row wins; a line cut off by a crash is skipped: the batch's
+        manifest still has its row)."""
+        staged: dict[int, dict[str, Any]] = {}
+        try:
+            handle = open(self.log_path(number), encoding="utf-8")  # noqa: SIM115
+        except FileNotFoundError:
             return staged
-        for entry in os.scandir(folder):
-            if not entry.name.endswith(".json"):
-                continue
-            try:
-                data = json.loads(Path(entry.path).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue  # cut off by a crash: the batch's manifest has the row
-            if isinstance(data, dict) and self._files_present(data):
-                staged[entry.name[: -len(".json")]] = data
-        return staged
+        with handle:
+            for line in handle:
+                try:
+                    data = json.loads(line)
+                    staged[int(data["index"])] = data
+                except (ValueError, KeyError, TypeError):
+                    continue
+        return {i: data for i, data in staged.items() if self._files_present(data)}
 
     def _files_present(self, data: dict[str, Any]) -> bool:
         images = self.layout.images
@@ -434,9 +442,8 @@ class _Run:
     # --- the rows the batch finished ------------------------------------------------------
 
     async def finished(self, result: BatchResult) -> None:
-        row = self.pending.pop(result.index)
+        row, sha = self.pending.pop(result.index)
         shard = self.open[result.index // self.layout.shard_size]
-        sha = _row_sha(row)
         if not result.ok:
             await self.stage_failure(shard, row, sha, result.error, result.job_id)
             return
@@ -460,8 +467,7 @@ class _Run:
             "files": files,
             "record": record,
         }
-        await anyio.to_thread.run_sync(self.write_staged, shard.number, row.key, staged)
-        self.account(shard, row.index, staged)
+        await self.stage(shard, staged)
 
     async def stage_failure(
         self,
@@ -484,18 +490,16 @@ class _Run:
             "input": encode_value({**row.fields, **row.metadata}),
             "error": info,
         }
-        await anyio.to_thread.run_sync(self.write_staged, shard.number, row.key, staged)
-        self.account(shard, row.index, staged)
+        await self.stage(shard, staged)
 
-    def write_staged(self, number: int, key: str, staged: dict[str, Any]) -> None:
-        """A row's staged JSON (not fsynced: if a crash loses it, the manifest still has
-        the row, and the rerun stages it again without a new job)."""
-        folder = self.layout.staging / shard_name(number)
-        folder.mkdir(exist_ok=True)
-        write_atomic(folder / f"{key}.json", json.dumps(staged), durable=False)
+    async def stage(self, shard: _Shard, staged: dict[str, Any]) -> None:
+        """Append the row's record to its shard's log (not fsynced: if a crash loses it,
+        the batch's manifest still has the row, and a rerun gets it without a new job)."""
+        await self.log.append(self.log_path(shard.number), json.dumps(staged) + "\n")
+        self.account(shard, staged)
 
-    def account(self, shard: _Shard, index: int, staged: dict[str, Any]) -> None:
-        shard.indices.add(index)
+    def account(self, shard: _Shard, staged: dict[str, Any]) -> None:
+        shard.records[int(staged["index"])] = staged
         if staged.get("state") == "done":
             self.done += 1
             self.images += len(staged.get("files") or ())
@@ -507,7 +511,7 @@ class _Run:
     # --- complete shards ------------------------------------------------------------------
 
     def maybe_pack(self, shard: _Shard) -> None:
-        if shard.closed and not shard.packing and len(shard.indices) == shard.seen:
+        if shard.closed and not shard.packing and len(shard.records) == shard.seen:
             shard.packing = True
             assert self.tg is not None
             self.tg.start_soon(self.pack, shard)
@@ -515,6 +519,7 @@ class _Run:
     async def pack(self, shard: _Shard) -> None:
         try:
             async with self.pack_lock:
+                await self.log.forget(self.log_path(shard.number))
                 stats = await anyio.to_thread.run_sync(self.pack_sync, shard)
         except Exception as exc:
             self.failure = exc
@@ -529,8 +534,7 @@ class _Run:
     def pack_sync(self, shard: _Shard) -> dict[str, Any]:
         layout = self.layout
         number, name = shard.number, shard_name(shard.number)
-        folder = layout.staging / name
-        staged = [self._load_staged(folder / f"{row_key(i)}.json") for i in sorted(shard.indices)]
+        staged = [shard.records[i] for i in sorted(shard.records)]
         done = [s for s in staged if s.get("state") == "done"]
         failed = [s for s in staged if s.get("state") != "done"]
         metadata = self._metadata_columns(done) if layout.output_format == "parquet" else None
@@ -570,12 +574,8 @@ class _Run:
             for item in done:
                 for f in item.get("files") or ():
                     (layout.images / f).unlink(missing_ok=True)
-        shutil.rmtree(folder, ignore_errors=True)
+        self.log_path(number).unlink(missing_ok=True)
         return stats
-
-    def _load_staged(self, path: Path) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        return data
 
     def _metadata_columns(self, done: list[dict[str, Any]]) -> list[MetadataColumn]:
         """The metadata columns of the parquet shards: the input's (from read_rows), or
@@ -595,6 +595,48 @@ class _Run:
     def remove_staging(self) -> None:
         shutil.rmtree(self.layout.staging, ignore_errors=True)
         fsync_dir(self.layout.out)
+
+
+class _Appender:
+    """Lines appended to files by a worker thread, in groups: appends that arrive while a
+    group is being written go together in the next one (one thread hop per group)."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Path, str]] = []
+        self._handles: dict[Path, Any] = {}
+        self._lock = anyio.Lock()
+
+    async def append(self, path: Path, line: str) -> None:
+        self._pending.append((path, line))
+        async with self._lock:
+            if self._pending:
+                group, self._pending = self._pending, []
+                await anyio.to_thread.run_sync(self._write, group)
+
+    def _write(self, group: list[tuple[Path, str]]) -> None:
+        lines: dict[Path, list[str]] = {}
+        for path, line in group:
+            lines.setdefault(path, []).append(line)
+        for path, chunk in lines.items():
+            handle = self._handles.get(path)
+            if handle is None:
+                handle = self._handles[path] = open(path, "a", encoding="utf-8")  # noqa: SIM115
+            handle.write("".join(chunk))
+            handle.flush()
+
+    async def forget(self, path: Path) -> None:
+        """Close *path* (its shard is being written: no more lines go to it)."""
+        async with self._lock:
+            handle = self._handles.pop(path, None)
+            if handle is not None:
+                await anyio.to_thread.run_sync(handle.close)
+
+    async def close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                handles, self._handles = list(self._handles.values()), {}
+                for handle in handles:
+                    await anyio.to_thread.run_sync(handle.close)
 
 
 def _decoded(line: dict[str, Any]) -> dict[str, Any]:
