@@ -472,3 +472,27 @@ async def test_a_stopped_run_resumes_from_staging_and_manifest_without_paying_tw
         with Image.open(io.BytesIO(image["bytes"])) as decoded:
             assert decoded.size == (SIZE, SIZE)
     assert len(read_failures(out)) == 2
+
+
+async def test_rows_added_to_a_complete_shard_are_refused_not_skipped(tmp_path: Path) -> None:
+    out = tmp_path / "wds"
+    rows = [Row.build(i, {"prompt": f"p {i}", "width": 32, "height": 32}) for i in range(15)]
+    async with emulated_client(KEY, config()) as (emu, client):
+        await write_dataset(client, rows[:12], out, output_format="webdataset", shard_size=10)
+        jobs = emu.stats.total_jobs
+        with pytest.raises(DatasetError, match=r"row 12: shard 00001 is complete without it"):
+            await write_dataset(client, rows, out, output_format="webdataset", shard_size=10)
+        assert emu.stats.total_jobs == jobs
+
+
+@pytest.mark.usefixtures("blockbuster")
+async def test_a_dataset_run_and_its_rerun_make_no_blocking_call_on_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    source, out = input_parquet(tmp_path / "in.parquet", rows=30), tmp_path / "pq"
+    rows = await anyio.to_thread.run_sync(read_rows, source)  # reads the file's schema
+    async with emulated_client(KEY, config()) as (_, client):
+        for _ in range(2):
+            summary = await write_dataset(client, rows, out, output_format="parquet", shard_size=8)
+    assert summary.complete
+    assert summary.done == 29  # row 17 is bad

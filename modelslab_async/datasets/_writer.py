@@ -384,6 +384,14 @@ class _Run:
             number = index // self.layout.shard_size
             self.shards_seen.add(number)
             if number in self.complete:
+                last = self.complete[number].get("last_index")
+                if isinstance(last, int) and index > last:
+                    raise DatasetError(
+                        f"row {index}: shard {shard_name(number)} is complete without it "
+                        f"(its last row was {last}), so the input changed since; a complete "
+                        f"shard is never rewritten: delete {stats_name(number)} to redo it, "
+                        "or write the new input to another folder"
+                    )
                 continue
             self.close_shards(number)
             shard = self.open.get(number)
@@ -560,6 +568,7 @@ class _Run:
             "shard_size": layout.shard_size,
             "file": file,
             "first_index": number * layout.shard_size,
+            "last_index": max(shard.records, default=None),
             "rows": len(staged),
             "done": len(done),
             "failed": len(failed),
