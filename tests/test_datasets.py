@@ -263,3 +263,15 @@ async def test_generate_many_indexed_refuses_an_item_that_is_not_a_pair(tmp_path
                 pass
         await anyio.lowlevel.checkpoint()
         assert emu.stats.total_jobs == 0
+
+
+def test_the_datasets_module_exports_exactly_its_sorted_public_names() -> None:
+    import modelslab_async.datasets as datasets
+
+    public = [n for n in vars(datasets) if not n.startswith("_") and n != "annotations"]
+    public = [n for n in public if not isinstance(getattr(datasets, n), type(datasets))]
+    assert datasets.__all__ == sorted(public)
+    for name in datasets.__all__:
+        value = getattr(datasets, name)
+        if isinstance(value, type):
+            assert value.__module__ == "modelslab_async.datasets", name
