@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from modelslab_async import Client
+from modelslab_async import AuthenticationError, Client
 from modelslab_async.datasets import (
     DatasetError,
     DatasetProgress,
@@ -496,3 +496,43 @@ async def test_a_dataset_run_and_its_rerun_make_no_blocking_call_on_the_event_lo
             summary = await write_dataset(client, rows, out, output_format="parquet", shard_size=8)
     assert summary.complete
     assert summary.done == 29  # row 17 is bad
+
+
+async def test_rows_failing_for_a_bad_key_leave_their_shards_open_for_a_rerun(
+    tmp_path: Path,
+) -> None:
+    """A failure that may pass (here: the key) never completes a shard: a complete shard is
+    final, and these rows are not lost to it. A rerun with a good key finishes them."""
+    out = tmp_path / "wds"
+    rows = [Row.build(i, {"prompt": f"p {i}", "width": 32, "height": 32}) for i in range(10)]
+    async with Emulator(config(keys=[KEY])) as emu:
+        async with Client("not-the-key", base_url=emu.base_url) as client:
+            try:
+                first = await write_dataset(
+                    client, rows, out, output_format="webdataset", shard_size=5
+                )
+            except AuthenticationError:
+                pass  # an engine that stops the batch at the first invalid-key answer
+            else:
+                assert (first.done, first.failed, first.retryable) == (0, 0, 10)
+                assert not first.complete
+        assert not list(out.glob("*_stats.json"))
+        assert not (out / "failures.jsonl").exists()
+        async with Client(KEY, base_url=emu.base_url) as client:
+            again = await write_dataset(
+                client, rows, out, output_format="webdataset", shard_size=5, retry_failed=True
+            )
+        assert emu.stats.duplicate_submissions() == 0
+    assert again.complete
+    assert (again.done, again.failed, again.retryable, again.shards_written) == (10, 0, 0, 2)
+
+
+async def test_a_job_that_fails_is_a_final_failure_of_its_shard(tmp_path: Path) -> None:
+    out = tmp_path / "wds"
+    rows = [Row.build(i, {"prompt": f"p {i}", "width": 32, "height": 32}) for i in range(6)]
+    async with emulated_client(KEY, config(fail_rate=1.0)) as (_, client):
+        summary = await write_dataset(client, rows, out, output_format="webdataset")
+    assert summary.complete
+    assert (summary.done, summary.failed, summary.retryable) == (0, 6, 0)
+    assert {f["error"]["type"] for f in read_failures(out)} == {"GenerationFailed"}
+    assert read_stats(out)["00000_stats.json"]["failed"] == 6

@@ -38,7 +38,15 @@ from typing import Any
 import anyio
 import attrs
 
-from .. import BatchProgress, BatchResult, Client, Text2ImgRequest
+from .. import (
+    BadRequestError,
+    BatchProgress,
+    BatchResult,
+    Client,
+    GenerationFailed,
+    RequestValidationError,
+    Text2ImgRequest,
+)
 from ._common import (
     FAILURES_FILE,
     INFO_FILE,
@@ -64,13 +72,20 @@ _STATS = re.compile(r"^(\d{5,})_stats\.json$")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 _READ_CHUNK = 256  # rows read per worker-thread call
 
+#: Failures of the row itself, final in its shard: bad values, a request the API refuses,
+#: a job that failed (after the batch's resubmissions). Any other failure (the key,
+#: credits, rate limits, the network, timeouts, downloads, a submit whose answer was lost)
+#: may pass: its row is not finished, and its shard stays open for a rerun.
+_FINAL_ERRORS = (RequestValidationError, BadRequestError, GenerationFailed)
+
 
 @attrs.frozen(kw_only=True)
 class DatasetProgress:
     """Counts of a running :func:`write_dataset`, given to ``on_progress`` on every change.
 
     ``rows_read``: input rows read so far; ``done`` / ``failed``: rows finished (those of
-    shards complete before this run included); ``images``: images of the done rows;
+    shards complete before this run included); ``retryable``: rows that failed in a way
+    that may pass (their shards stay open); ``images``: images of the done rows;
     ``shards_written``: shards this run completed; ``shards_skipped``: shards complete
     before it; ``batch``: the batch's own latest counts (None before its first change).
     """
@@ -78,6 +93,7 @@ class DatasetProgress:
     rows_read: int
     done: int
     failed: int
+    retryable: int
     images: int
     shards_written: int
     shards_skipped: int
@@ -89,7 +105,10 @@ class DatasetSummary:
     """What :func:`write_dataset` left in ``out``.
 
     ``rows``: input rows; ``done`` / ``failed`` / ``images``: over the whole dataset (shards
-    complete before this run included); ``shards``: shards of the input;
+    complete before this run included); ``retryable``: rows that failed in a way that may
+    pass (an invalid key, no credits, the network, timeouts): not finished, so their shards
+    stay open; rerun with ``retry_failed=True`` to try them again (their jobs are resumed
+    by id where one exists); ``shards``: shards of the input;
     ``shards_written`` / ``shards_skipped``: completed by this run / before it;
     ``submitted``: jobs this run submitted (paid for); ``complete``: every shard is complete
     (the staging folder is gone); ``failures``: the failures file (it may not exist when no
@@ -102,6 +121,7 @@ class DatasetSummary:
     rows: int
     done: int
     failed: int
+    retryable: int
     images: int
     shards: int
     shards_written: int
@@ -147,8 +167,11 @@ async def write_dataset(
     *max_in_flight* and *retry_failed*: as for ``Client.generate_many``; *retry_failed*
     retries the failed rows of shards not yet complete (a complete shard is final).
 
-    A row that makes no valid request, or whose job fails, is a failed row: listed in
-    ``OUT/failures.jsonl`` with its input and error and in its shard's stats, never raised.
+    A row that makes no valid request, that the API refuses, or whose job fails, is a
+    failed row: listed in ``OUT/failures.jsonl`` with its input and error and in its
+    shard's stats, never raised. A row that fails in a way that may pass (an invalid key,
+    no credits, the network, timeouts) is not finished: counted in ``retryable``, its shard
+    stays open, and a rerun with ``retry_failed=True`` tries it again.
     Raises :class:`DatasetError` before anything is submitted when *out* holds a dataset of
     another format or shard size; the batch's own batch-fatal errors (an invalid key) after
     the shards that could be completed are written.
@@ -201,7 +224,7 @@ class _Run:
         self.metadata: list[MetadataColumn] | None = None
         self.pack_lock = anyio.Lock()
         self.failure: BaseException | None = None
-        self.rows_read = self.done = self.failed = self.images = 0
+        self.rows_read = self.done = self.failed = self.retryable = self.images = 0
         self.shards_written = 0
         self.submitted = 0
         self.last_index = -1
@@ -215,6 +238,7 @@ class _Run:
             rows_read=self.rows_read,
             done=self.done,
             failed=self.failed,
+            retryable=self.retryable,
             images=self.images,
             shards_written=self.shards_written,
             shards_skipped=len(self.complete) - self.shards_written,
@@ -240,6 +264,7 @@ class _Run:
             self.failed += int(stats.get("failed", 0))
             self.images += int(stats.get("images", 0))
         feed = self.feed()
+        stopped: Exception | None = None
         try:
             async with anyio.create_task_group() as tg:
                 self.tg = tg
@@ -252,18 +277,25 @@ class _Run:
                     retry_failed=self.retry_failed,
                     indexed=True,
                 )
-                async with aclosing(results):  # type: ignore[type-var]
-                    async for result in results:
-                        await self.finished(result)
-                self.close_shards(None)
+                try:
+                    async with aclosing(results):  # type: ignore[type-var]
+                        async for result in results:
+                            await self.finished(result)
+                except Exception as exc:  # the batch's own (an invalid key, the input's)
+                    stopped = exc  # raised once the shards being written are written
+                else:
+                    self.close_shards(None)
         except Exception as exc:
             raise _unwrap(exc) from None
         finally:
             self.tg = None
-            await feed.aclose()
-            await self.log.close()
+            with anyio.CancelScope(shield=True):
+                await feed.aclose()
+                await self.log.close()
         if self.failure is not None:
             raise self.failure
+        if stopped is not None:
+            raise stopped
         complete = self.shards_seen <= set(self.complete)
         if complete:
             await anyio.to_thread.run_sync(self.remove_staging)
@@ -274,6 +306,7 @@ class _Run:
             rows=self.rows_read,
             done=self.done,
             failed=self.failed,
+            retryable=self.retryable,
             images=self.images,
             shards=len(self.shards_seen),
             shards_written=self.shards_written,
@@ -405,7 +438,7 @@ class _Run:
                 before is not None
                 and before.get("sha") == sha
                 and (before.get("state") == "done" or not self.retry_failed or not row.ok)
-            ):
+            ):  # staged by an earlier run (a final failure is retried only if asked)
                 self.account(shard, before)
                 continue
             if row.request is None or not row.ok:
@@ -453,7 +486,11 @@ class _Run:
         row, sha = self.pending.pop(result.index)
         shard = self.open[result.index // self.layout.shard_size]
         if not result.ok:
-            await self.stage_failure(shard, row, sha, result.error, result.job_id)
+            if isinstance(result.error, _FINAL_ERRORS):
+                await self.stage_failure(shard, row, sha, result.error, result.job_id)
+            else:
+                self.retryable += 1  # not staged: its shard waits for a rerun
+                self.changed()
             return
         request = result.request or row.request
         assert request is not None
