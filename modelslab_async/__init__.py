@@ -1,6 +1,9 @@
 """modelslab_async: an asyncio-first SDK for the ModelsLab text-to-image (Flux) API."""
 
 # No ``from __future__ import annotations`` here: it would add a public ``annotations`` name.
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
 from ._batch import BatchProgress
 from ._client import Client, ClientStats
 from ._download import DownloadPolicy
@@ -35,6 +38,10 @@ from ._types import (
 from ._version import __version__
 from ._webhook import WebhookReceiver
 
+if _TYPE_CHECKING:
+    from ._ray_slots import RaySlots
+    from ._redis_slots import RedisSlots
+
 __all__ = [
     "APIError",
     "AmbiguousSubmitError",
@@ -57,6 +64,8 @@ __all__ = [
     "ModelsLabError",
     "PollPolicy",
     "RateLimitError",
+    "RaySlots",
+    "RedisSlots",
     "RequestValidationError",
     "ResponseFormatError",
     "RetryPolicy",
@@ -70,8 +79,28 @@ __all__ = [
     "set_testing",
 ]
 
+# Shared slots live behind optional extras: imported on first use, so that
+# ``import modelslab_async`` never imports redis or ray.
+_LAZY = {"RaySlots": "._ray_slots", "RedisSlots": "._redis_slots"}
+
+
+def __getattr__(name: str) -> _Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    obj = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    obj.__module__ = __name__
+    globals()[name] = obj
+    return obj
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 for _name in __all__:
-    _obj = globals()[_name]
+    _obj = globals().get(_name)
     if isinstance(_obj, type) and _obj.__module__.startswith(__name__ + "._"):
         _obj.__module__ = __name__
 del _name, _obj

@@ -42,3 +42,8 @@ MAX_SEED = 2**32 - 1
 EXCERPT_LENGTH = 200
 
 USER_AGENT = "modelslab-async/{version}"
+
+# Shared slots (RedisSlots, RaySlots): seconds a lease lives without renewal. Holders renew
+# every lease / 3, so a lease survives two missed renewals.
+DEFAULT_SLOT_LEASE = 30.0
+MIN_SLOT_LEASE = 0.1

@@ -6,7 +6,11 @@ Format (public; pipelines read it): one JSON object per line, the last record of
     {"index": 0, "state": "submitted" | "done" | "failed", "fingerprint": "<sha256>",
      "job_id": 123 | null, "files": ["out/123-0.png"],
      "error": {"type": "GenerationFailed", "message": "..."} | null,
-     "time": 1764000000.0, "attempt": 0, "track_id": "..."}
+     "time": 1764000000.0, "attempt": 0, "track_id": "...",
+     "prompt": "...", "seed": 42, "generation_time": 1.8}
+
+``prompt``, ``seed`` and ``generation_time`` are optional (written only when known, for the
+batch report); a reader must accept records without them.
 
 Records are written by a worker thread and fsynced in groups: every caller of
 :meth:`Manifest.append` returns once its record is on disk. A line cut off by a crash is
@@ -44,9 +48,12 @@ class ManifestRecord:
     time: float = attrs.field(factory=time.time)
     attempt: int = 0
     track_id: str | int | None = None
+    prompt: str | None = None
+    seed: int | None = None
+    generation_time: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "index": self.index,
             "state": self.state,
             "fingerprint": self.fingerprint,
@@ -57,6 +64,14 @@ class ManifestRecord:
             "attempt": self.attempt,
             "track_id": self.track_id,
         }
+        for name, value in (
+            ("prompt", self.prompt),
+            ("seed", self.seed),
+            ("generation_time", self.generation_time),
+        ):
+            if value is not None:
+                data[name] = value
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ManifestRecord:
@@ -74,7 +89,21 @@ class ManifestRecord:
             time=float(data.get("time") or 0.0),
             attempt=int(data.get("attempt") or 0),
             track_id=data.get("track_id"),
+            prompt=_optional(str, data.get("prompt")),
+            seed=_optional(int, data.get("seed")),
+            generation_time=_optional(float, data.get("generation_time")),
         )
+
+
+def _optional(kind: type[Any], value: Any) -> Any:
+    """*value* as *kind*, or None when absent or not convertible (an optional field never
+    makes a record unreadable)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def error_record(error: BaseException) -> dict[str, str]:
@@ -180,7 +209,7 @@ class Manifest:
 
 
 def _redacted(data: dict[str, Any]) -> dict[str, Any]:
-    """*data* with the key masked in its free-text values (the error and the track id).
+    """*data* with the key masked in its free-text values (the error, track id and prompt).
 
     Not the serialised line: masking a short key there would also mask it in the JSON
     syntax, the numbers and the paths, and the record would no longer load.
@@ -188,8 +217,9 @@ def _redacted(data: dict[str, Any]) -> dict[str, Any]:
     error = data.get("error")
     if isinstance(error, dict):
         data["error"] = {k: redact(v) if isinstance(v, str) else v for k, v in error.items()}
-    if isinstance(data.get("track_id"), str):
-        data["track_id"] = redact(data["track_id"])
+    for name in ("track_id", "prompt"):
+        if isinstance(data.get(name), str):
+            data[name] = redact(data[name])
     return data
 
 

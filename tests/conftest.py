@@ -1,4 +1,5 @@
-"""Shared fixtures: the anyio backend (asyncio), fixtures directory, blocking-call guard."""
+"""Shared fixtures: the anyio backend (asyncio), fixtures directory, blocking-call guard,
+a real redis-server."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ._redis_server import RedisServer, start_redis
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -36,3 +39,14 @@ def load_fixture(name: str) -> dict[str, Any]:
 
 def fixture_names() -> list[str]:
     return sorted(p.name for p in FIXTURES.glob("*.json"))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port for the whole session (fails if missing)."""
+    try:
+        server = start_redis(tmp_path_factory.mktemp("redis"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield server
+    server.stop()

@@ -978,7 +978,7 @@ async def test_a_stop_during_a_rate_limit_pause_takes_back_the_write_ahead_recor
     item (no AmbiguousSubmitError) and nothing is paid twice."""
     manifest = tmp_path / "run.jsonl"
     items = [small(f"paused {i}", seed=i) for i in range(3)]
-    async with emulator(max_queued_per_key=1, retry_after=5.0, duration=(0.3, 0.3)) as emu:
+    async with emulator(max_queued_per_key=1, queue_retry_after=5.0, duration=(0.3, 0.3)) as emu:
         async with client(emu, max_in_flight=3) as c:
             with anyio.move_on_after(1.0):  # stops while two submits wait out their 429
                 async with contextlib.aclosing(c.generate_many(items, manifest=manifest)) as run:

@@ -232,7 +232,7 @@ async def test_cancelling_one_waiter_leaves_the_others_alone() -> None:
 
 
 async def test_a_queue_limit_429_pauses_submits_and_fails_no_item() -> None:
-    config = EmulatorConfig(workers=2, duration=0.1, max_queued_per_key=2, retry_after=0.05)
+    config = EmulatorConfig(workers=2, duration=0.1, max_queued_per_key=2, queue_retry_after=0.05)
     async with emulated(config, max_in_flight=6) as (emu, client):
         gens: list[Generation] = []
 
@@ -251,7 +251,7 @@ async def test_a_queue_limit_429_pauses_submits_and_fails_no_item() -> None:
 
 
 async def test_auto_in_flight_backs_off_on_429_and_grows_back() -> None:
-    config = EmulatorConfig(workers=3, duration=0.05, max_queued_per_key=3, retry_after=0.05)
+    config = EmulatorConfig(workers=3, duration=0.05, max_queued_per_key=3, queue_retry_after=0.05)
     async with emulated(config, max_in_flight="auto") as (emu, client):
         start = client.in_flight_limit
         limits: list[int] = []
@@ -362,7 +362,9 @@ async def test_the_key_appears_in_no_error_message_repr_or_log_line(
             await client.submit(prompt="a red fox")
         errors.append(auth.value)
     # A timeout, a queue-limit 429, failed jobs, and the links of a failed job (never ready).
-    config = EmulatorConfig(duration=0.2, fail_rate=1.0, max_queued_per_key=1, retry_after=0.05)
+    config = EmulatorConfig(
+        duration=0.2, fail_rate=1.0, max_queued_per_key=1, queue_retry_after=0.05
+    )
     download = DownloadPolicy(not_ready_timeout=0.05, not_ready_initial=0.01)
     async with emulated(config, download=download) as (_emu, client):
         first = await client.submit(prompt="first")

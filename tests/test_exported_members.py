@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
+
+import pytest
 
 import modelslab_async
 import modelslab_async.errors
@@ -18,8 +22,32 @@ def public_names(module: types.ModuleType) -> list[str]:
     ]
 
 
+#: Names exported lazily (module ``__getattr__``): their modules import optional extras.
+LAZY = {"RaySlots", "RedisSlots"}
+
+
 def test_all_is_exactly_the_sorted_public_names() -> None:
+    loaded = set(public_names(modelslab_async))
+    assert modelslab_async.__all__ == sorted(loaded | LAZY)
+    for name in LAZY:
+        getattr(modelslab_async, name)
     assert modelslab_async.__all__ == sorted(public_names(modelslab_async))
+    assert set(modelslab_async.__all__) <= set(dir(modelslab_async))
+
+
+def test_importing_the_package_imports_no_optional_extra() -> None:
+    code = (
+        "import sys, modelslab_async, modelslab_async.errors\n"
+        "modelslab_async.RedisSlots, modelslab_async.RaySlots\n"
+        "print(sorted({'redis', 'ray', 'pyarrow'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="NoSuchThing"):
+        modelslab_async.NoSuchThing  # type: ignore[attr-defined]  # noqa: B018
 
 
 def test_every_exported_class_claims_the_package_as_its_module() -> None:

@@ -10,6 +10,7 @@ from ._queue import Job
 __all__ = [
     "HTML_404",
     "HTML_CLOUDFLARE",
+    "INSUFFICIENT_CREDITS",
     "INVALID_KEY_TIP",
     "dumps",
     "encode",
@@ -33,6 +34,8 @@ INVALID_KEY_TIP = (
 )
 PROCESSING_MESSAGE = "Try to fetch request after seconds estimated"
 FAILED_MESSAGE = "Failed, Try Again"
+# HTTP 402 of the API's error-codes page (docs.modelslab.com/error-codes).
+INSUFFICIENT_CREDITS = "Insufficient credits. Please add more credits to continue."
 
 HTML_404 = (
     b'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>404 Not Found</title></head>'

@@ -1,4 +1,4 @@
-"""The aiohttp.web application: text2img, fetch, image links, stats and reset."""
+"""The aiohttp.web application: text2img, fetch, image links, stats, reset and credits."""
 
 from __future__ import annotations
 
@@ -74,6 +74,7 @@ class EmulatorApp:
         self._inflight = 0
         self._inflight_api = 0
         self._counters: dict[str, int] = {}
+        self._credits: dict[str, int] = {}
         self.stats.reset()
         self.png.clear()
         self.webhooks.clear()
@@ -121,6 +122,7 @@ class EmulatorApp:
             r.add_get(path, self.download)
         r.add_get("/__emulator/stats", self.stats_handler)
         r.add_post("/__emulator/reset", self.reset_handler)
+        r.add_post("/__emulator/credits", self.credits_handler)
         r.add_route("*", "/{tail:.*}", self.other)
         return app
 
@@ -136,10 +138,10 @@ class EmulatorApp:
         body = A.dumps({"status": "error", self._mk("messege"): message})
         return _Answer(body, self._error_status(status))
 
-    def _rate_limited(self, reason: str, message: str) -> _Answer:
+    def _rate_limited(self, reason: str, message: str, retry_after: float | None = None) -> _Answer:
         self.stats.rate_limited += 1
         self.stats.rate_limited_by_reason[reason] += 1
-        ra = self.config.retry_after
+        ra = self.config.retry_after if retry_after is None else retry_after
         body = A.dumps(
             {
                 "status": "error",
@@ -315,8 +317,36 @@ class EmulatorApp:
             heapq.heappop(heap)
         if len(heap) >= limit:
             return self._rate_limited(
-                "queue", f"Rate limit exceeded. Maximum {limit} queued requests allowed."
+                "queue",
+                f"Rate limit exceeded. Maximum {limit} queued requests allowed.",
+                self.config.queue_retry_after,
             )
+        return None
+
+    # ------------------------------------------------------------------ credits
+    def credits_left(self, key: str) -> int | None:
+        """Images *key* may still create; ``None``: unlimited (no ``credits`` configured)."""
+        if self.config.credits is None:
+            return None
+        return self._credits.get(key, self.config.credits)
+
+    def add_credits(self, key: str, credits: int) -> int | None:
+        """Top up *key* by *credits* images; the balance after (``None``: unlimited)."""
+        left = self.credits_left(key)
+        if left is None:
+            return None
+        self._credits[key] = left + credits
+        return left + credits
+
+    def _charge(self, key: str, samples: int) -> _Answer | None:
+        """Take ``samples`` credits from *key*; the HTTP 402 answer when it has too few."""
+        left = self.credits_left(key)
+        if left is None:
+            return None
+        if left < samples:
+            self.stats.insufficient_credits += 1
+            return _Answer(A.dumps({"status": "error", "message": A.INSUFFICIENT_CREDITS}), 402)
+        self._credits[key] = left - samples
         return None
 
     async def _submit_answer(self, request: web.Request) -> tuple[_Answer, Job | None]:
@@ -337,6 +367,9 @@ class EmulatorApp:
         full = self._queue_full(key, now)
         if full is not None:
             return full, None
+        broke = self._charge(key, req.samples)
+        if broke is not None:
+            return broke, None
         job = self._create_job(req, key, "http://" + request.host, now)
         wait = job.ready_at - now
         if wait > self.config.sync_threshold:
@@ -489,6 +522,23 @@ class EmulatorApp:
         """``POST /__emulator/reset``: forget all jobs and statistics."""
         self.reset()
         return web.json_response({"status": "success"})
+
+    async def credits_handler(self, request: web.Request) -> web.Response:
+        """``POST /__emulator/credits`` with ``{"key": ..., "credits": N}``: top *key* up by N."""
+        self.stats.requests_by_endpoint["other"] += 1
+        body = await self._body(request)
+        key = body.get("key") if body else None
+        credits = body.get("credits") if body else None
+        if (
+            not isinstance(key, str)
+            or not key.strip()
+            or not isinstance(credits, int)
+            or isinstance(credits, bool)
+            or credits < 1
+        ):
+            message = 'expected a JSON object {"key": "<non-empty string>", "credits": <int >= 1>}'
+            return web.json_response({"status": "error", "message": message}, status=400)
+        return web.json_response({"status": "success", "credits": self.add_credits(key, credits)})
 
     async def other(self, request: web.Request) -> web.Response:
         """Any other path: an HTML 404 like the real site."""

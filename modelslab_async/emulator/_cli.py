@@ -51,7 +51,9 @@ _HELP: dict[str, str] = {
     "max_queued_per_key": "HTTP 429 when a key already has N unfinished jobs",
     "max_concurrent_requests": "HTTP 429 when more than N API requests are in flight",
     "rate_limit": "requests per second per key (token bucket) before HTTP 429",
-    "retry_after": "seconds advertised in Retry-After / retry_after",
+    "retry_after": "seconds advertised in Retry-After / retry_after (rate and concurrency 429s)",
+    "queue_retry_after": "retry_after of the queue-limit 429 (the API documents 30)",
+    "credits": "images each key may create, then HTTP 402 (default: unlimited)",
     "base64_prefix": "prefix base64 link bodies with data:image/png;base64,",
     "webhook_retries": "webhook delivery attempts",
     "webhook_drop_rate": "fraction of webhooks silently never sent",
@@ -90,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             kind, choices = str, ETA_MODES
         elif name == "message_key":
             kind, choices = str, MESSAGE_KEYS
-        elif name in ("workers", "seed", "webhook_retries") or name.startswith("max_"):
+        elif name in ("workers", "seed", "webhook_retries", "credits") or name.startswith("max_"):
             kind = int
         else:
             kind = float

@@ -108,6 +108,13 @@ def _optional_positive_int(_inst: object, attr: attrs.Attribute[Any], value: int
         raise ValueError(f"{attr.name} must be >= 1 or None, got {value!r}")
 
 
+def _optional_non_negative_int(
+    _inst: object, attr: attrs.Attribute[Any], value: int | None
+) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"{attr.name} must be >= 0 or None, got {value!r}")
+
+
 def _member(choices: tuple[str, ...]) -> Any:
     def check(_inst: object, attr: attrs.Attribute[Any], value: str) -> None:
         if value not in choices:
@@ -142,6 +149,8 @@ class EmulatorConfig:
     )
     rate_limit: float | None = attrs.field(default=None, validator=_optional_positive)
     retry_after: float = attrs.field(default=1.0, validator=_non_negative)
+    queue_retry_after: float = attrs.field(default=30.0, validator=_non_negative)
+    credits: int | None = attrs.field(default=None, validator=_optional_non_negative_int)
     base64_prefix: bool = False
     webhook_retries: int = attrs.field(default=3, validator=_positive_int)
     webhook_drop_rate: float = attrs.field(default=0.0, validator=_rate)

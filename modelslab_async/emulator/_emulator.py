@@ -92,6 +92,19 @@ class Emulator:
         """Forget all jobs and statistics (same as ``POST /__emulator/reset``)."""
         self._app.reset()
 
+    def add_credits(self, key: str, credits: int) -> int | None:
+        """Top *key* up by *credits* images (``POST /__emulator/credits``); the new balance.
+
+        ``None`` when the emulator runs without ``credits`` (every key is unlimited).
+        """
+        if isinstance(credits, bool) or not isinstance(credits, int) or credits < 1:
+            raise ValueError(f"credits must be an int >= 1, got {credits!r}")
+        return self._app.add_credits(key, credits)
+
+    def credits_left(self, key: str) -> int | None:
+        """Images *key* may still create (``None``: unlimited)."""
+        return self._app.credits_left(key)
+
     async def __aenter__(self) -> Emulator:
         if self._stack is not None:
             raise RuntimeError("this Emulator is already running")

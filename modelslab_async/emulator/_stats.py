@@ -67,6 +67,7 @@ class EmulatorStats:
     faults_served: Counter[str] = attrs.field(factory=Counter)
     rate_limited: int = 0
     rate_limited_by_reason: Counter[str] = attrs.field(factory=Counter)
+    insufficient_credits: int = 0
     peak_concurrent_requests: int = 0
     peak_queue: int = 0
     total_jobs: int = 0
@@ -96,6 +97,10 @@ class EmulatorStats:
         last = max(j.ready_at for j in self.jobs.values())
         return last - first
 
+    def queue_limited(self) -> int:
+        """Submits refused with the queue-limit answer (HTTP 429 "Maximum N queued ...")."""
+        return self.rate_limited_by_reason["queue"]
+
     def fetches_per_job(self) -> float:
         """Mean number of fetch calls per job (0.0 when there are no jobs)."""
         if not self.jobs:
@@ -110,6 +115,7 @@ class EmulatorStats:
         self.faults_served.clear()
         self.rate_limited_by_reason.clear()
         self.rate_limited = 0
+        self.insufficient_credits = 0
         self.peak_concurrent_requests = 0
         self.peak_queue = 0
         self.total_jobs = 0
@@ -126,6 +132,8 @@ class EmulatorStats:
             "faults_served": dict(self.faults_served),
             "rate_limited": self.rate_limited,
             "rate_limited_by_reason": dict(self.rate_limited_by_reason),
+            "queue_limited": self.queue_limited(),
+            "insufficient_credits": self.insufficient_credits,
             "peak_concurrent_requests": self.peak_concurrent_requests,
             "peak_queue": self.peak_queue,
             "webhook_failures": self.webhook_failures,

@@ -69,6 +69,12 @@ async def wait_done(emu: Emulator, session: aiohttp.ClientSession, job_id: Any) 
         await anyio.sleep(0.02)
 
 
+async def get_json(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    """GET a JSON answer; ``(status, parsed body)``."""
+    async with session.get(url) as resp:
+        return resp.status, await resp.json()
+
+
 async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, bytes, str]:
     """GET; ``(status, body, content type)``."""
     async with session.get(url) as resp:

@@ -53,6 +53,8 @@ def test_every_option_maps_to_the_config() -> None:
         "--max-concurrent-requests=9",
         "--rate-limit=2.5",
         "--retry-after=0.5",
+        "--queue-retry-after=2.5",
+        "--credits=40",
         "--base64-prefix",
         "--webhook-retries=5",
         "--webhook-drop-rate=0.3",
@@ -80,6 +82,8 @@ def test_every_option_maps_to_the_config() -> None:
         max_concurrent_requests=9,
         rate_limit=2.5,
         retry_after=0.5,
+        queue_retry_after=2.5,
+        credits=40,
         base64_prefix=True,
         webhook_retries=5,
         webhook_drop_rate=0.3,
@@ -103,6 +107,11 @@ def test_config_validation() -> None:
         EmulatorConfig(eta_mode="exact")  # type: ignore[arg-type]
     assert EmulatorConfig(duration=0.5).duration == (0.5, 0.5)
     assert EmulatorConfig(keys=["x"]).keys == frozenset({"x"})
+    with pytest.raises(ValueError, match="credits"):
+        EmulatorConfig(credits=-1)
+    with pytest.raises(ValueError, match="queue_retry_after"):
+        EmulatorConfig(queue_retry_after=-1)
+    assert EmulatorConfig(credits=0).credits == 0
 
 
 @pytest.mark.anyio

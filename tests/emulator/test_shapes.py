@@ -102,7 +102,7 @@ async def test_invalid_key_and_validation_bodies_equal_fixtures() -> None:
 
 
 async def test_queue_limit_shape() -> None:
-    async with running(duration=(5, 5), max_queued_per_key=1, retry_after=30) as (emu, s):
+    async with running(duration=(5, 5), max_queued_per_key=1) as (emu, s):  # default 30 s
         await submit(emu, s)
         status, body, headers = await submit(emu, s)
     assert status == 429

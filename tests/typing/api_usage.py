@@ -26,6 +26,8 @@ from modelslab_async import (
     Meta,
     ModelsLabError,
     RateLimitError,
+    RaySlots,
+    RedisSlots,
     RequestValidationError,
     ResponseFormatError,
     RetryPolicy,
@@ -172,3 +174,22 @@ async def main(prompts: list[str]) -> None:
             outcome(result)
         describe(done)
         del images
+
+
+# --- shared slots (DESIGN.md §10) ------------------------------------------------------------
+
+
+async def share(slots: RedisSlots | RaySlots) -> int:
+    async with slots:
+        lease = await slots.acquire()
+        await slots.renew([lease])
+        await slots.release(lease)
+        await slots.set_limit(4)
+        interval: float = slots.renew_interval
+        del interval
+        return slots.limit + slots.statistics().held
+
+
+redis_slots = RedisSlots("rediss://:password@redis.example:6380/0", 5, name="modelslab", lease=30.0)
+ray_slots = RaySlots(5, name="modelslab-slots", lease=30.0, namespace="modelslab_async")
+round_trips: int = redis_slots.round_trips
