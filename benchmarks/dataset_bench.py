@@ -3,10 +3,10 @@
 N rows (10,000 by default) in a parquet file (prompt, seed, width = height = 64, and an
 ``id`` metadata column) go through ``modelslab_async.datasets.write_dataset`` with
 ``read_rows``, once per output format (``files``, ``imagefolder``, ``webdataset``,
-``parquet``; shards of 1,000 rows), and once through plain ``Client.generate_many(dest=...)``
-(no dataset layer) for reference. 64 jobs in flight; the emulator (its own process: 64 GPU
-workers, 0.02–0.08 s per image, so the GPU never queues) is reset between runs, so every run
-gets the same seeded job durations.
+``parquet``; shards of 1,000 rows), and once through plain ``Client.generate_many(dest=...,
+manifest=...)`` (no dataset layer, the CLI's ``batch`` of today) for reference. 64 jobs
+in flight; the emulator (its own process: 64 GPU workers, 0.02–0.08 s per image, so the GPU
+never queues) is reset between runs, so every run gets the same seeded job durations.
 
 Each run is a process of its own (this script with ``--child``):
 
@@ -14,6 +14,8 @@ Each run is a process of its own (this script with ``--child``):
   target ≤ 250 MB, flat in N;
 - wall time: ``write_dataset`` called → returned (reading the input, the batch, packing the
   last shard, removing the staging folder); target ≤ 1.1 × ``files``;
+- CPU: user + sys seconds of the process (``os.wait4``), start-up and imports included:
+  the machine's other load moves it less than wall time;
 - samples: what the output holds, counted from the output itself (tar members, parquet
   rows, imagefolder files, PNG files), and duplicate submissions from the emulator.
 
@@ -58,6 +60,8 @@ COLUMNS = [
     ("peak_rss_mb", "peak RSS MB"),
     ("wall_s", "wall s"),
     ("wall_ratio", "wall / files"),
+    ("cpu_s", "CPU s"),
+    ("cpu_ratio", "CPU / files"),
     ("duplicates", "dup submits"),
 ]
 
@@ -75,7 +79,8 @@ async def _child(ns: argparse.Namespace) -> dict[str, Any]:
             done = failed = 0
             rows = read_rows(ns.input)
             requests = (row.request for row in rows)
-            async for result in client.generate_many(requests, dest=ns.out):
+            manifest = Path(ns.out) / "manifest.jsonl"  # as the CLI's batch has one
+            async for result in client.generate_many(requests, dest=ns.out, manifest=manifest):
                 done += result.ok
                 failed += not result.ok
             return {"wall_s": time.monotonic() - started, "done": done, "failed": failed}
@@ -168,6 +173,7 @@ def measure(
         "failed": report["failed"],
         "peak_rss_mb": usage.ru_maxrss / 1024,
         "wall_s": report["wall_s"],
+        "cpu_s": usage.ru_utime + usage.ru_stime,
         "duplicates": stats["duplicate_submissions"],
         "jobs": stats["total_jobs"],
     }
@@ -202,18 +208,22 @@ def main() -> None:
                     row = measure(emu, run, source, scratch, ns)
                     runs[run].append(row)
                     print(
-                        f"  {run}: {row['wall_s']:.1f} s, {row['peak_rss_mb']:.0f} MB", flush=True
+                        f"  {run}: {row['wall_s']:.1f} s, CPU {row['cpu_s']:.1f} s, "
+                        f"{row['peak_rss_mb']:.0f} MB",
+                        flush=True,
                     )
     rows = []
     for measured in runs.values():
         row = dict(measured[0])
         row["wall_s"] = statistics.median(m["wall_s"] for m in measured)
         row["peak_rss_mb"] = max(m["peak_rss_mb"] for m in measured)
+        row["cpu_s"] = statistics.median(m["cpu_s"] for m in measured)
         row["wall_all_s"] = [round(m["wall_s"], 3) for m in measured]
         rows.append(row)
-    files_wall = next(r["wall_s"] for r in rows if r["run"] == "files")
+    files = next(r for r in rows if r["run"] == "files")
     for row in rows:
-        row["wall_ratio"] = row["wall_s"] / files_wall
+        row["wall_ratio"] = row["wall_s"] / files["wall_s"]
+        row["cpu_ratio"] = row["cpu_s"] / files["cpu_s"]
     print()
     print(f"{ns.rows} rows of {SIZE}x{SIZE} images, shards of {ns.shard}, {IN_FLIGHT} in flight:")
     print(table(rows, COLUMNS))
