@@ -536,3 +536,32 @@ async def test_a_job_that_fails_is_a_final_failure_of_its_shard(tmp_path: Path) 
     assert (summary.done, summary.failed, summary.retryable) == (0, 6, 0)
     assert {f["error"]["type"] for f in read_failures(out)} == {"GenerationFailed"}
     assert read_stats(out)["00000_stats.json"]["failed"] == 6
+
+
+async def test_rows_of_your_own_get_one_parquet_schema_across_runs(tmp_path: Path) -> None:
+    """Rows not from read_rows: the first shard sets the metadata types, also for the
+    shards a later run adds (a null-only column in a later shard keeps its type)."""
+    out = tmp_path / "pq"
+
+    def rows(count: int) -> list[Row]:
+        return [
+            Row.build(
+                i,
+                {"prompt": f"p {i}", "width": 32, "height": 32},
+                {"score": i if i < 4 else None, "tags": ["a", i]},
+            )
+            for i in range(count)
+        ]
+
+    async with emulated_client(KEY, config()) as (_, client):
+        await write_dataset(client, rows(4), out, output_format="parquet", shard_size=4)
+        await write_dataset(client, rows(8), out, output_format="parquet", shard_size=4)
+    schemas = [pq.read_schema(p) for p in parquet_files(out)]
+    assert len(schemas) == 2
+    assert all(s.field("score").type == pa.int64() for s in schemas)
+    assert all(s.field("tags").type == pa.string() for s in schemas)  # JSON text
+    table = pq.ParquetDataset(parquet_files(out)).read(columns=["key", "score", "tags"])
+    by_key = {r["key"]: r for r in table.to_pylist()}
+    assert by_key["000000002"]["score"] == 2
+    assert by_key["000000006"]["score"] is None
+    assert json.loads(by_key["000000006"]["tags"]) == ["a", 6]

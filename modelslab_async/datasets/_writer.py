@@ -612,6 +612,11 @@ class _Run:
             "images": sum(len(s.get("files") or ()) for s in done),
             "failed_keys": {row_key(s["index"]): s.get("error") for s in failed},
             "seconds": round(time.monotonic() - shard.started, 3),
+            **(
+                {"metadata_kinds": self.info["metadata_kinds"]}
+                if "metadata_kinds" in self.info
+                else {}
+            ),
             "finished_at": round(time.time(), 3),
         }
         write_atomic(layout.out / stats_name(number), dumps(stats) + "\n")
@@ -625,14 +630,18 @@ class _Run:
 
     def _metadata_columns(self, done: list[dict[str, Any]]) -> list[MetadataColumn]:
         """The metadata columns of the parquet shards: the input's (from read_rows), or
-        those of the first shard written, kept in the staging info for the others."""
+        those of the first shard written, kept in the staging info and in every parquet
+        shard's stats for the others (also those a later run adds)."""
         if self.metadata is None:
             if isinstance(self.rows, RowReader):
                 self.metadata = self.rows._metadata_schema()
             else:
                 kinds = self.info.get("metadata_kinds")
+                for stats in self.complete.values():  # a shard written by an earlier run
+                    kinds = kinds or stats.get("metadata_kinds")
                 if kinds is None:
                     kinds = infer_kinds(done)
+                if "metadata_kinds" not in self.info:
                     self.info["metadata_kinds"] = kinds
                     write_atomic(self.layout.staging / INFO_FILE, dumps(self.info))
                 self.metadata = columns_of_kinds(kinds)
