@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import resource
 import sys
@@ -42,6 +43,20 @@ from typing import Any
 import aiohttp
 from hand_loop import HandLoopError, download, prompt_for
 from hand_loop import run as run_hand_loop
+
+ALLOC = Path(__file__).resolve().parents[1] / "modelslab_async" / "cli" / "_alloc.py"
+
+
+def settle_allocator() -> None:
+    """The process-wide allocator tweak the command line's ``main()`` makes, made here for
+    every client alike (the library never makes it). The module is loaded alone, by path,
+    so that the hand loop's process imports nothing of the SDK."""
+    spec = importlib.util.spec_from_file_location("_alloc", ALLOC)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.settle_allocator()
 
 
 def _cpu() -> tuple[float, float]:
@@ -175,6 +190,7 @@ def main() -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # pydantic v1-style API
         import modelslab_py.core.apis.community
         import modelslab_py.schemas.community  # noqa: F401
+    settle_allocator()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     user0, sys0 = _cpu()
     t_start = time.monotonic()

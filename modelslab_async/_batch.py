@@ -40,8 +40,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from ._client import coerce_request
-from ._convert import request_to_wire, wire_fingerprint
+from ._convert import coerce_request, request_to_wire, wire_fingerprint
 from ._download import remove_stale_parts, verify_image_file
 from ._errors import (
     AmbiguousSubmitError,
@@ -65,7 +64,6 @@ from ._types import (
     Generation,
     Job,
     Text2ImgRequest,
-    trusted_replace,
 )
 
 if TYPE_CHECKING:
@@ -364,7 +362,7 @@ class _Batch:
                     self._changed()
                 generation = await self.client.wait(answer)
                 if generation.id is None and job_id is not None:
-                    generation = trusted_replace(generation, id=job_id)
+                    generation = attrs.evolve(generation, id=job_id)
                 images = await self.client.download(generation, self.dest)
             except GenerationFailed as exc:
                 if exc.transient and attempt < self.max_resubmits:
@@ -385,7 +383,7 @@ class _Batch:
             return BatchResult(
                 index=index,
                 request=request,
-                generation=trusted_replace(generation, images=tuple(images)),
+                generation=attrs.evolve(generation, images=tuple(images)),
                 files=files,
                 job_id=generation.id,
             )
@@ -411,7 +409,7 @@ class _Batch:
         if request.track_id is not None:
             return request, wire
         track_id = f"mla-{fp[:20]}-{index}" + (f"-r{attempt}" if attempt else "")
-        return trusted_replace(request, track_id=track_id), {**wire, "track_id": track_id}
+        return attrs.evolve(request, track_id=track_id), {**wire, "track_id": track_id}
 
     async def _failed(
         self,

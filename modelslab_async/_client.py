@@ -26,20 +26,19 @@ import anyio.abc
 import attrs
 
 from . import _constants as C
-from ._convert import request_from_wire, request_to_wire
+from ._convert import coerce_request, request_to_wire
 from ._download import Downloader, DownloadPolicy
 from ._errors import (
     ClientStateError,
     ConfigurationError,
     GenerationTimeout,
     JobId,
-    RateLimitError,
     RequestValidationError,
 )
 from ._poller import Poller, PollerStats, PollPolicy, _Tracked
 from ._redact import mask
 from ._transport import RetryPolicy, SubmitWatch, Timeouts, Transport
-from ._types import GeneratedImage, Generation, Job, Text2ImgRequest, trusted_replace
+from ._types import GeneratedImage, Generation, Job, Text2ImgRequest
 from ._webhook import WebhookReceiver
 
 if TYPE_CHECKING:
@@ -332,7 +331,7 @@ class Client:
         receiver = webhook if webhook is not None else self._webhook
         if receiver is not None and req.webhook is None:
             track_id = req.track_id if req.track_id is not None else f"mla-{uuid.uuid4().hex}"
-            req = trusted_replace(req, webhook=receiver.url, track_id=track_id)
+            req = attrs.evolve(req, webhook=receiver.url, track_id=track_id)
             wire = {**wire, "webhook": receiver.url, "track_id": track_id}
             receiver.pending(track_id)
         else:
@@ -557,46 +556,4 @@ class Client:
         return self._poller
 
 
-def coerce_request(
-    request: Text2ImgRequest | Mapping[str, Any] | str | None, fields: Mapping[str, Any]
-) -> Text2ImgRequest:
-    """A :class:`Text2ImgRequest` from a request, a mapping, a prompt string, or fields."""
-    if fields and not isinstance(request, Mapping):
-        _check_field_names(fields)
-    if isinstance(request, Text2ImgRequest):
-        return request.replace(**fields) if fields else request
-    if isinstance(request, str):
-        return Text2ImgRequest(prompt=request, **fields)
-    if isinstance(request, Mapping):
-        return request_from_wire({**request, **fields})
-    if request is None:
-        if "prompt" not in fields:
-            raise RequestValidationError("prompt", None, "a non-empty string (prompt is required)")
-        return Text2ImgRequest(**fields)
-    raise RequestValidationError(
-        "request", type(request).__name__, "a Text2ImgRequest, a mapping of fields or a prompt"
-    )
-
-
-_REQUEST_FIELD_NAMES = frozenset(f.name for f in attrs.fields(Text2ImgRequest))
-
-
-def _check_field_names(fields: Mapping[str, Any]) -> None:
-    """Keyword fields must be request fields: ``key=...`` (the API body's name for the key)
-    or a misspelt field is a RequestValidationError, not a TypeError from the constructor.
-    Their values are not quoted: one may be a key under another name."""
-    known = _REQUEST_FIELD_NAMES
-    for name in fields:
-        if name == "key":
-            raise RequestValidationError(
-                "key", "<redacted>", "no API key in a request (the client adds it)"
-            )
-        if name not in known:
-            raise RequestValidationError(
-                name,
-                "<unknown field>",
-                "a Text2ImgRequest field (undocumented API fields go in extra={...})",
-            )
-
-
-__all__ = ["Client", "ClientStats", "InFlightLimiter", "RateLimitError", "coerce_request"]
+__all__ = ["Client", "ClientStats", "InFlightLimiter"]

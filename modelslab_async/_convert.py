@@ -1,171 +1,58 @@
 """The one cattrs converter: request -> wire body, wire answers -> models.
 
-Every quirk of the API's JSON lives here and nowhere else: ``messege``/``message`` (or a
-``message`` object of per-field errors), ids as int, string, ``""`` or null, numbers as
-strings, ``output: ""``, ``W``/``H``/``steps`` in older ``meta``, ``"yes"``/``"no"`` bools,
-extras such as ``tip``/``tips``/``webhook_status``, and the error answer -> exception map.
+Every quirk of the API's JSON is absorbed here (and in ``_scalars``, which reads its loose
+scalars, and ``_error_map``, which maps its error answers to exceptions) and nowhere else:
+``messege``/``message``, ids as int, string, ``""`` or null, numbers as strings,
+``output: ""``, ``W``/``H``/``steps`` in older ``meta``, ``"yes"``/``"no"`` bools, and
+extras such as ``tip``/``tips``/``webhook_status``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
+import operator
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
-from ._errors import (
-    APIError,
-    AuthenticationError,
-    BadRequestError,
-    GenerationFailed,
-    JobId,
-    ModelsLabError,
-    RateLimitError,
-    RequestValidationError,
-    ResponseFormatError,
-    ServerError,
-)
+from ._error_map import api_message, error_from_answer
+from ._errors import JobId, RequestValidationError, ResponseFormatError
 from ._redact import excerpt
-from ._types import DOCUMENTED_FIELDS, Generation, Job, Meta, Text2ImgRequest, values_getter
+from ._scalars import (
+    to_bool,
+    to_float,
+    to_int,
+    to_job_id,
+    to_job_id_or_none,
+    to_links,
+    to_opt_bool,
+    to_opt_float,
+    to_opt_int,
+    to_opt_str,
+    to_str,
+)
+from ._types import (
+    DOCUMENTED_FIELDS,
+    REQUEST_FIELD,
+    REQUEST_FIELDS,
+    Generation,
+    Job,
+    Meta,
+    Text2ImgRequest,
+)
 
 converter = cattrs.Converter()
 
-#: The API's yes/no words (lower case) and what they mean.
-_BOOL_WORDS = dict.fromkeys(("yes", "true", "1", "y", "on"), True) | dict.fromkeys(
-    ("no", "false", "0", "n", "off", "none", ""), False
-)
-_BOOL_FIELDS = tuple(f.name for f in attrs.fields(Text2ImgRequest) if f.type in ("bool", bool))
-
-
-# --- scalar hooks --------------------------------------------------------------------------
-
-
-def _to_bool(value: Any, _: Any = None) -> bool:
-    if value is True or value is False:
-        return value
-    if isinstance(value, str):
-        word = _BOOL_WORDS.get(value)  # "yes"/"no" as sent, without strip() and lower()
-        if word is None:
-            word = _BOOL_WORDS.get(value.strip().lower())
-        if word is not None:
-            return word
-    elif isinstance(value, int | float) and value in (0, 1):
-        return bool(value)
-    raise ValueError(f"not a yes/no value: {value!r}")
-
-
-def _to_opt_bool(value: Any, _: Any = None) -> bool | None:
-    if value is None or value is True or value is False:
-        return value
-    try:
-        return _to_bool(value)
-    except ValueError:
-        return None
-
-
-def _to_int(value: Any, _: Any = None) -> int:
-    if type(value) is int:
-        return value
-    if isinstance(value, bool):
-        raise ValueError(f"not an integer: {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return int(text)
-        except ValueError:
-            number = float(text)
-            if number.is_integer():
-                return int(number)
-    raise ValueError(f"not an integer: {value!r}")
-
-
-def _to_opt_int(value: Any, _: Any = None) -> int | None:
-    if value is None or type(value) is int:
-        return value
-    if value == "":
-        return None
-    return _to_int(value)
-
-
-def _to_float(value: Any, _: Any = None) -> float:
-    if type(value) is float:
-        return value
-    if isinstance(value, bool):
-        raise ValueError(f"not a number: {value!r}")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        return float(value.strip())
-    raise ValueError(f"not a number: {value!r}")
-
-
-def _to_opt_float(value: Any, _: Any = None) -> float | None:
-    if value is None or value == "":
-        return None
-    return _to_float(value)
-
-
-def _to_opt_str(value: Any, _: Any = None) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    raise ValueError(f"not a string: {value!r}")
-
-
-def _to_job_id(value: Any, _: Any = None) -> JobId | None:
-    """Ids arrive as int, digit string, other string, ``""`` or null."""
-    if type(value) is int:
-        return value
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"not an id: {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        text = value.strip()
-        return int(text) if text.isdigit() else text
-    raise ValueError(f"not an id: {value!r}")
-
-
-def _to_links_of(value: list[Any] | tuple[Any, ...]) -> tuple[str, ...]:
-    return tuple(str(v) for v in value if isinstance(v, str) and v)
-
-
-def _to_links(value: Any, _: Any = None) -> tuple[str, ...]:
-    """``output``/``future_links``: a list of URLs, ``""``, null, or a single URL string."""
-    if not value:  # null, "", []
-        if value is None or value == "" or isinstance(value, list | tuple):
-            return ()
-        raise ValueError(f"not a list of URLs: {value!r}")
-    if type(value) is list and len(value) == 1:  # one image, the usual answer
-        (link,) = value
-        return (link,) if type(link) is str and link else _to_links_of(value)
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list | tuple):
-        return _to_links_of(value)
-    raise ValueError(f"not a list of URLs: {value!r}")
-
-
-converter.register_structure_hook(bool, _to_bool)
-converter.register_structure_hook(int, _to_int)
-converter.register_structure_hook(float, _to_float)
-converter.register_structure_hook(str, lambda v, _: v if isinstance(v, str) else str(v))
+converter.register_structure_hook(bool, to_bool)
+converter.register_structure_hook(int, to_int)
+converter.register_structure_hook(float, to_float)
+converter.register_structure_hook(str, to_str)
 
 
 def _register_exact(type_: Any, hook: Any) -> None:
@@ -173,117 +60,14 @@ def _register_exact(type_: Any, hook: Any) -> None:
     converter.register_structure_hook_func(lambda t: t == type_, hook)
 
 
-_register_exact(bool | None, _to_opt_bool)
-_register_exact(int | None, _to_opt_int)
-_register_exact(float | None, _to_opt_float)
-_register_exact(str | None, _to_opt_str)
-_register_exact(int | str | None, _to_job_id)
-_register_exact(int | str, _to_job_id)
-_register_exact(tuple[str, ...], _to_links)
+_register_exact(bool | None, to_opt_bool)
+_register_exact(int | None, to_opt_int)
+_register_exact(float | None, to_opt_float)
+_register_exact(str | None, to_opt_str)
+_register_exact(int | str | None, to_job_id)
+_register_exact(int | str, to_job_id)
+_register_exact(tuple[str, ...], to_links)
 _register_exact(Mapping[str, Any], lambda v, _: dict(v or {}))
-
-
-# --- fast paths ---------------------------------------------------------------------------
-#
-# Every answer goes through these, so each of Meta, Job and Generation also has a function
-# of straight-line code, made once below, that builds it as the converter would when each
-# field already has its type or one of the converter's plain widenings (int -> float,
-# "yes"/"no" -> bool). Anything else returns None and goes through the converter, which
-# also reports errors with their path. The tests check that both give the same objects.
-
-_MISSING = object()
-#: An id or track id sent as text (as _to_job_id reads it, when it needs no stripping).
-_ID_TEXT = ("type(x) is str and x and x == x.strip()", "(int(x) if x.isdigit() else x)")
-#: Field type -> (test that keeps the value as is, optional (test, conversion) widening).
-_FAST_CHECKS: dict[Any, tuple[str, tuple[str, str] | None]] = {
-    str: ("type(x) is str", None),
-    str | None: ("x is None or type(x) is str", None),
-    int | None: ("x is None or type(x) is int", None),
-    float: ("type(x) is float", ("type(x) is int", "float(x)")),
-    float | None: ("x is None or type(x) is float", ("type(x) is int", "float(x)")),
-    bool | None: (
-        "x is None or x is True or x is False",
-        ("type(x) is str and x in _BOOL_WORDS", "_BOOL_WORDS[x]"),
-    ),
-    int | str: ("type(x) is int", _ID_TEXT),
-    int | str | None: ("x is None or type(x) is int", _ID_TEXT),
-}
-
-
-def _on(name: str, code: str) -> str:
-    """A check of ``_FAST_CHECKS`` (written on ``x``) applied to the variable *name*."""
-    return re.sub(r"\bx\b", name, code)
-
-
-def _fast_structurer(
-    cls: type,
-    *,
-    renames: Mapping[str, str] | None = None,
-    omit: frozenset[str] = frozenset(),
-    hooks: Mapping[str, str] | None = None,
-    extra: str | None = None,
-) -> Callable[[Mapping[str, Any], dict[str, Any]], Any]:
-    """``fast(data, given)``: *cls* from the answer fields *data* plus the attributes
-    *given* (set by the SDK; they win over the answer's), or None when the converter has
-    to do it (see above). *hooks* names a function for fields of other types (``f(value)``,
-    which may raise ValueError); *extra* collects the keys of no field (the ``meta``
-    object). A missing field reads as its default, which every check passes and every hook
-    maps to the default again, so it is passed as the class would set it."""
-    renames = renames or {}
-    hooks = hooks or {}
-    lines = ["def fast(data, given):", " get = data.get"]
-    names = []
-    args = []
-    defaults: dict[str, Any] = {}
-    for i, field in enumerate(attrs.fields(attrs.resolve_types(cls))):
-        if field.name in omit or field.name == extra:
-            continue
-        if isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
-            raise TypeError(f"{cls.__name__}.{field.name}: a factory default has no fast path")
-        wire = renames.get(field.name, field.name)
-        names.append(wire)
-        default = "_MISSING"
-        if field.default is not attrs.NOTHING:
-            default = f"_d{i}"
-            defaults[default] = field.default
-        value = f"v{i}"
-        args.append(f"{field.name!r}: {value}")
-        lines.append(f" {value} = get({wire!r}, {default})")
-        if field.name in hooks:
-            lines.append(f" {value} = {hooks[field.name]}({value})")
-            continue
-        keep, widen = _FAST_CHECKS[field.type]
-        keep = _on(value, keep)
-        if widen is None:
-            lines += [f" if not ({keep}):", "  return None"]
-        else:
-            test, conversion = _on(value, widen[0]), _on(value, widen[1])
-            lines += [f" if not ({keep}):", f"  if {test}:", f"   {value} = {conversion}"]
-            lines += ["  else:", "   return None"]
-    if extra is not None:
-        # A copy without the known keys keeps the answer's order of the others.
-        lines += [f" {extra} = dict(data)", " for k in _KNOWN & data.keys():", f"  del {extra}[k]"]
-        args.append(f"{extra!r}: {extra}")
-    lines.append(f" return _cls(**{{{', '.join(args)}, **given}})")
-    namespace: dict[str, Any] = {
-        "_MISSING": _MISSING,
-        "_BOOL_WORDS": _BOOL_WORDS,
-        "_cls": cls,
-        "_KNOWN": frozenset(names),
-        **defaults,
-        **{name: globals()[name] for name in set(hooks.values())},
-    }
-    exec(compile("\n".join(lines), f"<fast structure {cls.__name__}>", "exec"), namespace)
-    built: Callable[[Mapping[str, Any], dict[str, Any]], Any] = namespace["fast"]
-    return built
-
-
-def _fast(fn: Callable[[Mapping[str, Any], dict[str, Any]], Any], data: Any, given: Any) -> Any:
-    """``fn(data, given)``, or None when it fails in any way: the converter then decides."""
-    try:
-        return fn(data, given)
-    except Exception:  # the converter's own path reports it, with the field's path
-        return None
 
 
 # --- meta ----------------------------------------------------------------------------------
@@ -291,96 +75,64 @@ def _fast(fn: Callable[[Mapping[str, Any], dict[str, Any]], Any], data: Any, giv
 _META_ALIASES = {"W": "width", "H": "height", "steps": "num_inference_steps"}
 _META_FIELDS = frozenset(f.name for f in attrs.fields(Meta)) - {"extra"}
 _META_TYPES = {f.name: f.type or Any for f in attrs.fields(attrs.resolve_types(Meta))}
-_structure_meta_known = make_dict_structure_fn(Meta, converter)
+_structure_meta_fields = make_dict_structure_fn(Meta, converter)
+_FIELD_ERRORS = (ValueError, TypeError, cattrs.BaseValidationError)
 
 
 def _structure_meta(value: Any, _: Any = None) -> Meta:
+    """The ``meta`` object: known fields typed, the others (and unreadable values) in extra."""
     if not isinstance(value, Mapping):
         raise ValueError(f"meta is not an object: {type(value).__name__}")
-    if not (value.keys() & _META_ALIASES.keys()):
-        fast: Meta | None = _fast(_fast_meta, value, {})
-        if fast is not None:
-            return fast
-    return _structure_meta_slow(value)
-
-
-def _structure_meta_slow(value: Mapping[str, Any]) -> Meta:
-    """The converter's way, for what the fast path does not take."""
-    # Set operations and comprehensions, not a loop of lookups: every answer has a meta.
-    names = value.keys()
-    known: dict[str, Any] = {name: value[name] for name in names & _META_FIELDS}
-    extra: dict[str, Any] = {k: v for k, v in value.items() if k not in _META_FIELDS}
-    for alias in names & _META_ALIASES.keys():  # W, H, steps: older answers
+    known = {name: value[name] for name in value.keys() & _META_FIELDS}
+    extra = {k: v for k, v in value.items() if k not in _META_FIELDS}
+    for alias in value.keys() & _META_ALIASES.keys():  # W, H, steps: older answers
         target = _META_ALIASES[alias]
         if target not in known:
             known[target] = extra.pop(alias)
     try:
-        return _structure_meta_known({**known, "extra": extra}, Meta)
-    except (ValueError, TypeError, cattrs.BaseValidationError):
+        return _structure_meta_fields({**known, "extra": extra}, Meta)
+    except _FIELD_ERRORS:
         # A field the server sends in an unexpected form is kept raw rather than failing
-        # the answer: find which, field by field (the slow path, taken only then).
+        # the answer: find which, field by field.
         for name in list(known):
             try:
                 converter.structure(known[name], _META_TYPES[name])
-            except (ValueError, TypeError, cattrs.BaseValidationError):
+            except _FIELD_ERRORS:
                 extra[name] = known.pop(name)
-        return _structure_meta_known({**known, "extra": extra}, Meta)
+        return _structure_meta_fields({**known, "extra": extra}, Meta)
 
 
-_fast_meta = _fast_structurer(Meta, extra="extra")
 converter.register_structure_hook(Meta, _structure_meta)
+# An empty meta (PHP sends [] for an empty object) is no meta.
+_register_exact(Meta | None, lambda v, _: _structure_meta(v) if v else None)
 
-
-def _meta_or_none(value: Any, _: Any = None) -> Meta | None:
-    return None if not value else _structure_meta(value)
-
-
-_register_exact(Meta | None, _meta_or_none)
+# --- jobs and generations ------------------------------------------------------------------
 
 # What the SDK itself adds to an answer (the request, the message in either spelling, the
 # arrival time) travels in keys no answer can have (a leading space), so that an answer is
-# built in one pass: the hooks below pass these values through as they are.
+# structured in one pass: the hook of the request passes it through as it is.
 _SDK = " "
 _register_exact(Text2ImgRequest | None, lambda v, _: v)
-converter.register_structure_hook(
+_structure_generation = make_dict_structure_fn(
     Generation,
-    make_dict_structure_fn(
-        Generation,
-        converter,
-        generation_time=override(rename="generationTime"),
-        request=override(rename=_SDK + "request"),
-        images=override(omit=True),
-    ),
+    converter,
+    generation_time=override(rename="generationTime"),
+    request=override(rename=_SDK + "request"),
+    images=override(omit=True),
 )
-converter.register_structure_hook(
+_structure_job = make_dict_structure_fn(
     Job,
-    make_dict_structure_fn(
-        Job,
-        converter,
-        fetch_url=override(rename="fetch_result"),
-        message=override(rename=_SDK + "message"),
-        request=override(rename=_SDK + "request"),
-        submitted_at=override(rename=_SDK + "submitted_at"),
-    ),
+    converter,
+    fetch_url=override(rename="fetch_result"),
+    message=override(rename=_SDK + "message"),
+    request=override(rename=_SDK + "request"),
+    submitted_at=override(rename=_SDK + "submitted_at"),
 )
+converter.register_structure_hook(Generation, _structure_generation)
+converter.register_structure_hook(Job, _structure_job)
 
 #: Python attribute -> wire name, so error paths point into the answer as sent.
 _WIRE_NAMES = {"generation_time": "generationTime", "fetch_url": "fetch_result"}
-
-_fast_generation = _fast_structurer(
-    Generation,
-    renames=_WIRE_NAMES,
-    omit=frozenset({"images", "request"}),
-    hooks={"output": "_to_links", "proxy_links": "_to_links", "meta": "_meta_or_none"},
-)
-_JOB_HOOKS = {"future_links": "_to_links", "proxy_links": "_to_links"}
-_JOB_GIVEN = frozenset({"id", "request", "message", "submitted_at"})
-_fast_job = _fast_structurer(
-    Job, renames=_WIRE_NAMES, omit=_JOB_GIVEN, hooks={**_JOB_HOOKS, "meta": "_meta_or_none"}
-)
-_fast_job_no_meta = _fast_structurer(
-    Job, renames=_WIRE_NAMES, omit=_JOB_GIVEN | {"meta"}, hooks=_JOB_HOOKS
-)
 
 
 def _wire_path(where: str) -> str:
@@ -399,9 +151,9 @@ def _id_from_fetch_url(url: Any) -> int | None:
 
 # --- request <-> wire ----------------------------------------------------------------------
 
-
-_REQUEST_FIELDS = tuple(f.name for f in attrs.fields(Text2ImgRequest) if f.name != "extra")
-_request_values = values_getter(_REQUEST_FIELDS)
+_WIRE_FIELDS = tuple(f.name for f in REQUEST_FIELDS)
+_BOOL_FIELDS = tuple(f.name for f in REQUEST_FIELDS if f.kind == "bool")
+_wire_values = operator.attrgetter(*_WIRE_FIELDS)
 
 
 def request_to_wire(request: Text2ImgRequest) -> dict[str, Any]:
@@ -411,7 +163,7 @@ def request_to_wire(request: Text2ImgRequest) -> dict[str, Any]:
     in the endpoint document; ``negative_prompt`` is left out when None. ``extra`` fields
     are merged in as given.
     """
-    body = dict(zip(_REQUEST_FIELDS, _request_values(request), strict=True))
+    body = dict(zip(_WIRE_FIELDS, _wire_values(request), strict=True))
     for name in _BOOL_FIELDS:
         body[name] = "yes" if body[name] else "no"
     if body["negative_prompt"] is None:
@@ -433,43 +185,82 @@ def request_from_wire(data: Mapping[str, Any]) -> Text2ImgRequest:
         raise RequestValidationError(
             "key", "<redacted>", "no API key in a request (the client adds it)"
         )
-    kwargs: dict[str, Any] = {}
     given = data.get("extra")
-    if given is not None and not isinstance(given, Mapping):  # was dropped without a word
+    if given is not None and not isinstance(given, Mapping):
         raise RequestValidationError("extra", given, "a JSON object of undocumented fields")
     extra: dict[str, Any] = dict(given or {})
-    types = {f.name: f.type for f in attrs.fields(Text2ImgRequest)}
+    fields: dict[str, Any] = {}
     for name, value in data.items():
-        if name == "extra":
-            continue
-        if name not in DOCUMENTED_FIELDS:
+        if name in DOCUMENTED_FIELDS:
+            fields[name] = _loose_field(name, value)
+        elif name != "extra":
             extra[name] = value
-            continue
-        kwargs[name] = _coerce_field(name, value, types[name])
-    if "prompt" not in kwargs:
+    if "prompt" not in fields:
         raise RequestValidationError("prompt", None, "a non-empty string (prompt is required)")
-    return Text2ImgRequest(**kwargs, extra=extra)
+    return Text2ImgRequest(**fields, extra=extra)
 
 
-def _coerce_field(name: str, value: Any, type_: Any) -> Any:
-    """Loose input -> typed value; leaves the value unchanged when it cannot convert, so the
-    request's own validator reports it with the allowed range."""
+#: Field kind -> the reader of its loose forms ("512", "7.5", "yes").
+_LOOSE_READERS = {"bool": to_bool, "int": to_int, "float": to_float}
+
+
+def _loose_field(name: str, value: Any) -> Any:
+    """A loose value (``"512"``, ``"yes"``) as its field's type; a value it cannot convert
+    is left as it is, so that the request's validator reports it with the allowed range."""
+    field = REQUEST_FIELD[name]
     if value is None:
         return None
+    if field.optional and value == "":  # "seed": "" is a random seed, as null is
+        return None if field.kind == "int" else value
+    read = _LOOSE_READERS.get(field.kind)
+    if read is None:
+        return value
     try:
-        if type_ in ("bool", bool):
-            return _to_bool(value)
-        if type_ in ("int", int):
-            return _to_int(value)
-        if type_ in ("float", float):
-            return _to_float(value)
-        if type_ in ("int | None", int | None):
-            return _to_opt_int(value)
-        if type_ in ("str | int | None",) and isinstance(value, str) and value.strip().isdigit():
-            return value
+        return read(value)
     except (ValueError, OverflowError):
         return value
-    return value
+
+
+def coerce_request(
+    request: Text2ImgRequest | Mapping[str, Any] | str | None, fields: Mapping[str, Any]
+) -> Text2ImgRequest:
+    """A :class:`Text2ImgRequest` from a request, a mapping, a prompt string, or fields."""
+    if fields and not isinstance(request, Mapping):
+        _check_field_names(fields)
+    if isinstance(request, Text2ImgRequest):
+        return request.replace(**fields) if fields else request
+    if isinstance(request, str):
+        return Text2ImgRequest(prompt=request, **fields)
+    if isinstance(request, Mapping):
+        return request_from_wire({**request, **fields})
+    if request is None:
+        if "prompt" not in fields:
+            raise RequestValidationError("prompt", None, "a non-empty string (prompt is required)")
+        return Text2ImgRequest(**fields)
+    raise RequestValidationError(
+        "request", type(request).__name__, "a Text2ImgRequest, a mapping of fields or a prompt"
+    )
+
+
+_REQUEST_FIELD_NAMES = frozenset(f.name for f in attrs.fields(Text2ImgRequest))
+
+
+def _check_field_names(fields: Mapping[str, Any]) -> None:
+    """Keyword fields must be request fields: ``key=...`` (the API body's name for the key)
+    or a misspelt field is a RequestValidationError, not a TypeError from the constructor.
+    Their values are not quoted: one may be a key under another name."""
+    known = _REQUEST_FIELD_NAMES
+    for name in fields:
+        if name == "key":
+            raise RequestValidationError(
+                "key", "<redacted>", "no API key in a request (the client adds it)"
+            )
+        if name not in known:
+            raise RequestValidationError(
+                name,
+                "<unknown field>",
+                "a Text2ImgRequest field (undocumented API fields go in extra={...})",
+            )
 
 
 def fingerprint(request: Text2ImgRequest) -> str:
@@ -523,108 +314,6 @@ def decode_json(body: bytes, *, status_code: int | None = None, url: str | None 
         ) from exc
 
 
-def api_message(data: Mapping[str, Any]) -> str | None:
-    """The API's message as text, whatever its spelling or shape."""
-    raw = data.get("message", data.get("messege"))
-    if raw is None:
-        raw = data.get("error")
-    if raw is None:
-        return None
-    if isinstance(raw, Mapping):
-        parts = []
-        for field, errors in raw.items():
-            if isinstance(errors, list | tuple):
-                errors = "; ".join(str(e) for e in errors)
-            parts.append(f"{field}: {errors}")
-        return " | ".join(parts)
-    if isinstance(raw, list | tuple):
-        return "; ".join(str(e) for e in raw)
-    return str(raw)
-
-
-def _retry_after(data: Mapping[str, Any], header: float | None) -> float | None:
-    value = data.get("retry_after")
-    try:
-        parsed = _to_float(value) if value is not None else None
-    except ValueError:
-        parsed = None
-    if parsed is not None and math.isfinite(parsed) and parsed >= 0:
-        return parsed
-    return header
-
-
-def error_from_answer(
-    data: Mapping[str, Any] | None,
-    *,
-    status_code: int | None,
-    url: str | None = None,
-    job_id: JobId | None = None,
-    retry_after: float | None = None,
-    body: bytes = b"",
-) -> ModelsLabError:
-    """Map an error answer (JSON ``error``/``failed`` or an HTTP error status) to its class."""
-    data = data if isinstance(data, Mapping) else {}
-    message = api_message(data)
-    text = (message or "").lower()
-    status = str(data.get("status", "")).lower()
-    shown = excerpt(body) if body else None
-    if job_id is None:
-        job_id = _to_job_id_safe(data.get("id"))
-    http = f"HTTP {status_code}" if status_code is not None else "answer"
-    kw: dict[str, Any] = {
-        "status_code": status_code,
-        "api_message": message,
-        "url": url,
-        "job_id": job_id,
-        "body": shown,
-    }
-    if (
-        status_code in (401, 403)
-        or "api key" in text
-        or "invalid key" in text
-        or "unauthor" in text
-    ):
-        return AuthenticationError(
-            f"authentication failed ({http}): {message or 'no message'}", **kw
-        )
-    if (
-        status_code == 429
-        or "rate limit" in text
-        or "too many" in text
-        or "queue full" in text
-        or "queued requests" in text
-    ):
-        wait = _retry_after(data, retry_after)
-        return RateLimitError(
-            f"rate limited ({http}): {message or 'no message'}"
-            + (f"; retry after {wait:g}s" if wait is not None else ""),
-            retry_after=wait,
-            **kw,
-        )
-    if status == "failed" or "try again" in text:
-        return GenerationFailed(job_id, message, transient="try again" in text)
-    if status_code is not None and status_code >= 500:
-        return ServerError(f"server error ({http}): {message or shown or 'no body'}", **kw)
-    raw = data.get("message", data.get("messege"))
-    if (
-        isinstance(raw, Mapping)
-        or status_code in (400, 404, 405, 413, 422)
-        or "not found" in text
-        or "required" in text
-        or "invalid" in text
-        or "must be" in text
-    ):
-        return BadRequestError(f"request rejected ({http}): {message or 'no message'}", **kw)
-    return APIError(f"API error ({http}): {message or shown or 'no message'}", **kw)
-
-
-def _to_job_id_safe(value: Any) -> JobId | None:
-    try:
-        return _to_job_id(value)
-    except ValueError:
-        return None
-
-
 def structure_answer(
     data: Any,
     *,
@@ -654,18 +343,12 @@ def structure_answer(
     status = str(data.get("status", "")).strip().lower()
     try:
         if status == "success":
-            given: dict[str, Any] = {"request": request}
-            if job_id is not None and _to_job_id_safe(data.get("id")) is None:
-                given["id"] = job_id
-            done: Generation | None = _fast(_fast_generation, data, given)
-            if done is not None:
-                return done
             payload = {**data, _SDK + "request": request}
-            if "id" in given:
+            if job_id is not None and to_job_id_or_none(data.get("id")) is None:
                 payload["id"] = job_id
-            return converter.structure(payload, Generation)
+            return _structure_generation(payload, Generation)
         if status == "processing":
-            found = _to_job_id_safe(data.get("id"))
+            found = to_job_id_or_none(data.get("id"))
             if found is None:
                 found = job_id
             if found is None:
@@ -678,25 +361,16 @@ def structure_answer(
                     body=excerpt(body or json.dumps(data)),
                     path="$.id",
                 )
-            given = {
-                "id": found,
-                "message": api_message(data),
-                "request": request,
-                "submitted_at": time.time(),
-            }
-            job: Job | None = _fast(_fast_job if job_meta else _fast_job_no_meta, data, given)
-            if job is not None:
-                return job
             payload = {
                 **data,
                 "id": found,
-                _SDK + "message": given["message"],
+                _SDK + "message": api_message(data),
                 _SDK + "request": request,
-                _SDK + "submitted_at": given["submitted_at"],
+                _SDK + "submitted_at": time.time(),
             }
             if not job_meta:
                 payload.pop("meta", None)
-            return converter.structure(payload, Job)
+            return _structure_job(payload, Job)
     except cattrs.BaseValidationError as exc:
         where = _wire_path("; ".join(cattrs.transform_error(exc, path="$")))
         raise ResponseFormatError(

@@ -1,6 +1,6 @@
 """HTTP transport: one aiohttp session per client, timeouts, retries, rate-limit pacing.
 
-Retry rules (DESIGN.md §6), as a decision table in :func:`retry_decision`:
+Retry rules (README.md, "Retries and duplicate charges"), a table in :func:`retry_decision`:
 
 ==========================  ==============  =================================
 outcome                     fetch/download  submit
@@ -42,7 +42,6 @@ import anyio
 import attrs
 
 from . import _constants as C
-from ._alloc import settle_allocator
 from ._convert import parse_answer
 from ._errors import (
     AmbiguousSubmitError,
@@ -58,7 +57,7 @@ from ._errors import (
     ServerError,
     TransportError,
 )
-from ._redact import excerpt, mask, register_secret, unregister_secret
+from ._redact import mask, register_secret, unregister_secret
 from ._types import Generation, Job, Text2ImgRequest
 from ._version import __version__
 
@@ -282,7 +281,6 @@ class Transport:
             raise ClientStateError("the client is already open")
         if self._closed:
             raise ClientStateError("the client was closed; create a new one")
-        settle_allocator()
         connector = aiohttp.TCPConnector(
             limit=self.pool_limit, limit_per_host=self.pool_limit_per_host, ttl_dns_cache=300
         )
@@ -560,7 +558,7 @@ def _http_error(
     job_id: JobId | None,
 ) -> ModelsLabError:
     """An HTTP error status with a non-JSON body -> its error class."""
-    from ._convert import error_from_answer
+    from ._error_map import error_from_answer
 
     return error_from_answer(
         None, status_code=status, url=url, job_id=job_id, retry_after=retry_after, body=raw
@@ -572,7 +570,6 @@ __all__ = [
     "RetryPolicy",
     "Timeouts",
     "Transport",
-    "excerpt",
     "is_testing",
     "parse_retry_after",
     "retry_decision",

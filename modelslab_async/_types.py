@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import functools
+import json
 import math
-import operator
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import attrs
@@ -21,61 +20,201 @@ from ._errors import JobId, ModelsLabError, RequestValidationError
 SafetyCheckerType = Literal["blur", "sensitive_content_text", "pixelate", "black"]
 SAFETY_CHECKER_TYPES: tuple[str, ...] = get_args(SafetyCheckerType)
 
+#: The value of ``RequestField.default`` for a field without a default (the prompt).
+REQUIRED: Any = attrs.NOTHING
+
+
+# --- the request's fields: one table ----------------------------------------------------
+
+
+@attrs.frozen
+class RequestField:
+    """One documented body field of a text2img request, and its rules.
+
+    ``type`` is the Python type of the attribute; ``low``/``high`` bound numbers (inclusive),
+    ``max_length`` strings, ``choices`` enums; ``url`` marks an http(s) URL. The request's
+    validators, the command line's options and the README's field list are made from it.
+    """
+
+    name: str
+    type: Any
+    default: Any
+    help: str
+    low: int | float | None = None
+    high: int | float | None = None
+    max_length: int | None = None
+    choices: tuple[str, ...] = ()
+    url: bool = False
+    #: Extra spellings of the command-line option (besides ``--field-name``).
+    cli_aliases: tuple[str, ...] = ()
+    #: True when None is a valid value (the type includes None).
+    optional: bool = attrs.field(init=False, repr=False)
+    #: ``bool``, ``int``, ``float``, ``choice``, ``url``, ``id`` (int or text) or ``text``.
+    kind: str = attrs.field(init=False, repr=False)
+
+    @optional.default
+    def _optional(self) -> bool:
+        return type(None) in get_args(self.type)
+
+    @kind.default
+    def _kind(self) -> str:
+        if self.choices:
+            return "choice"
+        if self.url:
+            return "url"
+        types = set(get_args(self.type) or (self.type,)) - {type(None)}
+        if types == {str, int}:
+            return "id"
+        (single,) = types
+        kinds: dict[Any, str] = {bool: "bool", int: "int", float: "float", str: "text"}
+        return kinds[single]
+
+    @property
+    def bounds(self) -> str:
+        """The allowed values in a few words: ``1..1024``, ``>= 1``, ``<= 200 chars``..."""
+        if self.choices:
+            return ", ".join(self.choices)
+        if self.url:
+            return "http(s) URL"
+        if self.low is not None and self.high is not None:
+            return f"{_number(self.low)}..{_number(self.high)}"
+        if self.low is not None:
+            return f">= {_number(self.low)}"
+        if self.max_length is not None:
+            text = f"up to {self.max_length:,} characters"
+            return text if self.optional or self.kind == "id" else f"non-empty, {text}"
+        return ""
+
+    @property
+    def allowed(self) -> str:
+        """What an error message says is allowed."""
+        kind = self.kind
+        if kind == "bool":
+            return "True or False (sent as 'yes'/'no')"
+        if kind in ("int", "float"):
+            noun = "an integer" if kind == "int" else "a number"
+            text = f"{noun} in {self.bounds}" if self.high is not None else f"{noun} {self.bounds}"
+        elif kind == "choice":
+            text = "one of " + ", ".join(self.choices)
+        elif kind == "url":
+            text = "an absolute http(s) URL"
+        elif kind == "id":
+            text = f"an integer, or a non-empty string of at most {self.max_length} characters"
+        elif self.optional:
+            text = f"a string of at most {self.max_length} characters"
+        else:
+            text = f"a non-empty string of at most {self.max_length} characters without NUL"
+        return f"None or {text}" if self.optional else text
+
+    def validate(self, _instance: Any, _attribute: Any, value: Any) -> None:
+        """The attrs validator: raise RequestValidationError unless *value* is allowed."""
+        if value is None and self.optional:
+            return
+        if not _VALID[self.kind](self, value):
+            too_long = isinstance(value, str) and len(value) > (self.max_length or len(value))
+            shown = f"<{len(value)} characters>" if too_long else value
+            raise RequestValidationError(self.name, shown, self.allowed)
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _in_range(field: RequestField, value: int | float) -> bool:
+    low, high = field.low, field.high
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+def _valid_int(field: RequestField, value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and _in_range(field, value)
+
+
+def _valid_float(field: RequestField, value: Any) -> bool:
+    # The range test first: an int too large for a float overflows in isfinite().
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and _in_range(field, value)
+        and math.isfinite(value)
+    )
+
+
+def _valid_text(field: RequestField, value: Any) -> bool:
+    if not isinstance(value, str) or len(value) > (field.max_length or len(value)):
+        return False
+    return field.optional or (bool(value.strip()) and "\x00" not in value)
+
+
+def _valid_id(field: RequestField, value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (
+        isinstance(value, str) and 0 < len(value) <= (field.max_length or len(value))
+    )
+
+
+def _valid_url(field: RequestField, value: Any) -> bool:
+    if not isinstance(value, str) or len(value) > (field.max_length or len(value)):
+        return False
+    if any(c.isspace() for c in value):
+        return False
+    try:
+        parts = urlsplit(value)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        return False
+
+
+_VALID: dict[str, Callable[[RequestField, Any], bool]] = {
+    "bool": lambda _, value: isinstance(value, bool),
+    "int": _valid_int,
+    "float": _valid_float,
+    "text": _valid_text,
+    "id": _valid_id,
+    "url": _valid_url,
+    "choice": lambda field, value: isinstance(value, str) and value in field.choices,
+}
+
+F = RequestField
+#: Every documented body field, in the API document's order: the one place their types,
+#: defaults, bounds and help text are written.
+REQUEST_FIELDS: tuple[RequestField, ...] = (
+    F("prompt", str, REQUIRED, "What the image shows.", max_length=MAX_PROMPT_LENGTH),
+    F("negative_prompt", str | None, None, "What to keep out of the image.",
+      max_length=MAX_PROMPT_LENGTH),
+    F("model_id", str, "flux", "The model to run.", max_length=200),
+    F("width", int, 512, "Image width in pixels (multiples of 8 recommended).", low=1, high=1024),
+    F("height", int, 512, "Image height in pixels (multiples of 8 recommended).",
+      low=1, high=1024),
+    F("samples", int, 1, "Images per prompt.", low=1, high=4),
+    F("num_inference_steps", int, 20, "Denoising steps (the server caps values above 20 at 20).",
+      low=1, cli_aliases=("--steps",)),
+    F("safety_checker", bool, True, "Run the NSFW safety checker."),
+    F("safety_checker_type", SafetyCheckerType, "sensitive_content_text",
+      "What the safety checker does to a flagged image.", choices=SAFETY_CHECKER_TYPES),
+    F("seed", int | None, None, "Seed of the generator; random when not given.",
+      low=0, high=MAX_SEED),
+    F("guidance_scale", float, 7.5, "How closely the image follows the prompt.", low=1, high=20),
+    F("injected_noise_alpha", float, 0.75, "Flux: injected noise alpha.", low=0, high=1),
+    F("sigma_threshold", float, 0.45, "Flux: sigma threshold.", low=0, high=1),
+    F("true_cfg_scale", float, 1.0, "Flux: true CFG scale.", low=0, high=10),
+    F("use_cfg_zero_star", bool, True, "Flux: CFG-Zero*."),
+    F("use_zero_init", bool, False, "Flux: zero init."),
+    F("zero_steps", int, 0, "Flux: zero steps (at most num_inference_steps).", low=0),
+    F("base64", bool, False, "Ask for base64 output (the SDK decodes it into image files)."),
+    F("webhook", str | None, None, "URL the API calls when the job is done.",
+      max_length=2048, url=True),
+    F("track_id", str | int | None, None, "Id echoed back in webhook calls.",
+      max_length=MAX_TRACK_ID_LENGTH),
+    F("temp", bool, False, "Ask for temporary image links."),
+)  # fmt: skip
+del F
+
+#: Field name -> its row of :data:`REQUEST_FIELDS`.
+REQUEST_FIELD: Mapping[str, RequestField] = MappingProxyType({f.name: f for f in REQUEST_FIELDS})
 #: Wire names of the documented body fields (the key is not one of them: it is the client's).
-DOCUMENTED_FIELDS: frozenset[str] = frozenset(
-    {
-        "prompt",
-        "negative_prompt",
-        "model_id",
-        "width",
-        "height",
-        "samples",
-        "num_inference_steps",
-        "safety_checker",
-        "safety_checker_type",
-        "seed",
-        "guidance_scale",
-        "injected_noise_alpha",
-        "sigma_threshold",
-        "true_cfg_scale",
-        "use_cfg_zero_star",
-        "use_zero_init",
-        "zero_steps",
-        "base64",
-        "webhook",
-        "track_id",
-        "temp",
-    }
-)
+DOCUMENTED_FIELDS: frozenset[str] = frozenset(REQUEST_FIELD)
 RESERVED_FIELDS: frozenset[str] = DOCUMENTED_FIELDS | {"key"}
-
-
-# --- validators --------------------------------------------------------------------------
-
-
-def _int_in(lo: int, hi: int | None) -> Any:
-    allowed = f"an integer in {lo}..{hi}" if hi is not None else f"an integer >= {lo}"
-
-    def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RequestValidationError(attr.name, value, allowed)
-        if value < lo or (hi is not None and value > hi):
-            raise RequestValidationError(attr.name, value, allowed)
-
-    return check
-
-
-def _float_in(lo: float, hi: float) -> Any:
-    allowed = f"a number in {lo:g}..{hi:g}"
-
-    def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise RequestValidationError(attr.name, value, allowed)
-        # Compare before isfinite(): an int too large for a float overflows in isfinite().
-        if not lo <= value <= hi or not math.isfinite(value):
-            raise RequestValidationError(attr.name, value, allowed)
-
-    return check
 
 
 def _int_to_float(value: Any) -> Any:
@@ -85,83 +224,20 @@ def _int_to_float(value: Any) -> Any:
         try:
             return float(value)
         except OverflowError:
-            return value  # the range validator reports it
+            return value  # the validator reports it
     return value
 
 
-def _is_bool(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, bool):
-        raise RequestValidationError(attr.name, value, "True or False (sent as 'yes'/'no')")
+def _field(name: str) -> Any:
+    """The attrs field of a request field: its default, validator and (floats) converter."""
+    spec = REQUEST_FIELD[name]
+    converter = _int_to_float if spec.type is float else None
+    return attrs.field(default=spec.default, validator=spec.validate, converter=converter)
 
 
-def _opt_text(max_len: int) -> Any:
-    def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-        if value is None:
-            return
-        if not isinstance(value, str):
-            raise RequestValidationError(attr.name, value, "a string or None")
-        if len(value) > max_len:
-            raise RequestValidationError(
-                attr.name, f"<{len(value)} characters>", f"at most {max_len} characters"
-            )
-
-    return check
-
-
-def _check_prompt(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-    allowed = f"a non-empty string of at most {MAX_PROMPT_LENGTH} characters"
-    if not isinstance(value, str) or not value.strip():
-        raise RequestValidationError(attr.name, value, allowed)
-    if len(value) > MAX_PROMPT_LENGTH:
-        raise RequestValidationError(attr.name, f"<{len(value)} characters>", allowed)
-    if "\x00" in value:
-        raise RequestValidationError(attr.name, value, allowed + " without NUL characters")
-
-
-def _check_model_id(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, str) or not value.strip() or len(value) > 200:
-        raise RequestValidationError(attr.name, value, "a non-empty model id string")
-
-
-def _check_seed(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
-        raise RequestValidationError(
-            attr.name, value, f"None (random) or an integer in 0..{MAX_SEED}"
-        )
-
-
-def _check_safety_type(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-    if value not in SAFETY_CHECKER_TYPES:
-        raise RequestValidationError(attr.name, value, "one of " + ", ".join(SAFETY_CHECKER_TYPES))
-
-
-def _check_webhook(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-    if value is None:
-        return
-    allowed = "None or an absolute http(s) URL"
-    if not isinstance(value, str) or len(value) > 2048 or any(c.isspace() for c in value):
-        raise RequestValidationError(attr.name, value, allowed)
-    try:
-        parts = urlsplit(value)
-    except ValueError as exc:
-        raise RequestValidationError(attr.name, value, allowed) from exc
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise RequestValidationError(attr.name, value, allowed)
-
-
-def _check_track_id(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-    if value is None:
-        return
-    allowed = f"None, an integer, or a non-empty string of at most {MAX_TRACK_ID_LENGTH} chars"
-    if isinstance(value, bool):
-        raise RequestValidationError(attr.name, value, allowed)
-    if isinstance(value, int):
-        return
-    if not isinstance(value, str) or not value or len(value) > MAX_TRACK_ID_LENGTH:
-        raise RequestValidationError(attr.name, value, allowed)
-
+#: How deep an undocumented field's value may nest lists and objects (deeper ones would
+#: exhaust the stack of every JSON encoder and ``repr`` on their way).
+MAX_EXTRA_DEPTH = 32
 
 #: The ``extra`` of every request without undocumented fields (read-only, so one will do).
 _NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
@@ -176,10 +252,6 @@ def _freeze_extra(value: Any) -> Mapping[str, Any]:
 
 
 def _check_extra(inst: Any, attr: attrs.Attribute[Any], value: Mapping[str, Any]) -> None:
-    if not value:
-        return
-    import json
-
     for name in value:
         if not isinstance(name, str) or not name:
             raise RequestValidationError("extra", name, "non-empty string field names")
@@ -198,58 +270,38 @@ def _check_extra(inst: Any, attr: attrs.Attribute[Any], value: Mapping[str, Any]
             # Never quote what may be an API key, even before any client registered it.
             shown = "<redacted>" if name == "key" else value[name]
             raise RequestValidationError(f"extra[{name!r}]", shown, allowed)
-    try:
-        json.dumps(dict(value), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise RequestValidationError(
-            "extra", dict(value), f"JSON-serialisable values ({exc})"
-        ) from exc
+        if _nests_deeper(value[name], MAX_EXTRA_DEPTH):
+            raise RequestValidationError(
+                f"extra[{name!r}]",
+                f"<nested over {MAX_EXTRA_DEPTH} levels deep>",
+                f"JSON values nested at most {MAX_EXTRA_DEPTH} levels deep",
+            )
+    if value:
+        try:
+            json.dumps(dict(value), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise RequestValidationError(
+                "extra", dict(value), f"JSON-serialisable values ({exc})"
+            ) from exc
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """True when *value* nests lists or mappings more than *limit* levels deep (or forever,
+    as a list holding itself does); walked level by level, never by recursion."""
+    level = [value]
+    for _ in range(limit + 1):
+        level = [
+            child
+            for item in level
+            if isinstance(item, Mapping | list | tuple)
+            for child in (item.values() if isinstance(item, Mapping) else item)
+        ]
+        if not level:
+            return False
+    return True
 
 
 # --- the request -------------------------------------------------------------------------
-
-
-_A = TypeVar("_A")
-
-
-def trusted_replace(instance: _A, **changes: Any) -> _A:
-    """A copy of a frozen attrs *instance* with *changes* set as given: no validators, no
-    converters. Only for values the SDK made itself and knows valid (a track id it derived,
-    a job id from the answer it parsed); everything from users goes through the class."""
-    cls = type(instance)
-    copy = _COPIERS.get(cls)
-    if copy is None:
-        copy = _COPIERS[cls] = _copier(cls)
-    new: _A = copy(instance)
-    setattr_ = object.__setattr__
-    for name, value in changes.items():
-        setattr_(new, name, value)
-    return new
-
-
-def _copier(cls: type) -> Callable[[Any], Any]:
-    """A function of straight-line code that copies every field of an instance of the attrs
-    class *cls* (made once per class: a loop over the fields costs twice as much)."""
-    names = [f.name for f in attrs.fields(cls)]
-    lines = ["def copy(old):", " new = _new(_cls)"]
-    lines += [f" _set(new, {name!r}, old.{name})" for name in names]
-    lines.append(" return new")
-    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_set": object.__setattr__}
-    exec(compile("\n".join(lines), f"<copy {cls.__name__}>", "exec"), namespace)
-    copy: Callable[[Any], Any] = namespace["copy"]
-    return copy
-
-
-def values_getter(names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
-    """A function returning the attributes *names* of an object as a tuple (one C call)."""
-    if len(names) == 1:
-        name = names[0]
-        return lambda obj: (getattr(obj, name),)
-    return operator.attrgetter(*names)
-
-
-#: attrs class -> its field copier, for trusted_replace.
-_COPIERS: dict[type, Callable[[Any], Any]] = {}
 
 
 @attrs.frozen(kw_only=True)
@@ -257,12 +309,12 @@ class Text2ImgRequest:
     """One text-to-image request; every documented body field, validated at construction.
 
     Defaults are the API's documented defaults (width/height/samples/steps/guidance follow
-    the endpoint document's example). Raises :class:`RequestValidationError` naming the
-    field, the value and the allowed range.
+    the endpoint document's example); :data:`REQUEST_FIELDS` lists each field's range.
+    Raises :class:`RequestValidationError` naming the field, the value and the allowed range.
 
     Where the SDK is stricter than the server:
 
-    - ``prompt`` must be non-empty and at most 10,000 characters;
+    - ``prompt`` must be non-empty, without NUL, and at most 10,000 characters;
     - ``seed`` must fit the server's 32-bit range (0..2**32-1);
     - ``zero_steps`` may not exceed ``num_inference_steps``;
     - ``webhook`` must be an absolute http(s) URL.
@@ -275,35 +327,33 @@ class Text2ImgRequest:
     The API key is never part of a request.
     """
 
-    prompt: str
-    negative_prompt: str | None = None
-    model_id: str = "flux"
-    width: int = 512
-    height: int = 512
-    samples: int = 1
-    num_inference_steps: int = 20
-    safety_checker: bool = True
-    safety_checker_type: SafetyCheckerType = "sensitive_content_text"
-    seed: int | None = None
-    guidance_scale: float = attrs.field(default=7.5, converter=_int_to_float)
-    injected_noise_alpha: float = attrs.field(default=0.75, converter=_int_to_float)
-    sigma_threshold: float = attrs.field(default=0.45, converter=_int_to_float)
-    true_cfg_scale: float = attrs.field(default=1.0, converter=_int_to_float)
-    use_cfg_zero_star: bool = True
-    use_zero_init: bool = False
-    zero_steps: int = 0
-    base64: bool = False
-    webhook: str | None = None
-    track_id: str | int | None = None
-    temp: bool = False
-    extra: Mapping[str, Any] = attrs.field(default=_NO_EXTRA, converter=_freeze_extra, hash=False)
+    # The annotations repeat REQUEST_FIELDS' types for type checkers (a test holds them equal).
+    prompt: str = attrs.field(validator=REQUEST_FIELD["prompt"].validate)
+    negative_prompt: str | None = _field("negative_prompt")
+    model_id: str = _field("model_id")
+    width: int = _field("width")
+    height: int = _field("height")
+    samples: int = _field("samples")
+    num_inference_steps: int = _field("num_inference_steps")
+    safety_checker: bool = _field("safety_checker")
+    safety_checker_type: SafetyCheckerType = _field("safety_checker_type")  # noqa: RUF009
+    seed: int | None = _field("seed")
+    guidance_scale: float = _field("guidance_scale")
+    injected_noise_alpha: float = _field("injected_noise_alpha")
+    sigma_threshold: float = _field("sigma_threshold")
+    true_cfg_scale: float = _field("true_cfg_scale")
+    use_cfg_zero_star: bool = _field("use_cfg_zero_star")
+    use_zero_init: bool = _field("use_zero_init")
+    zero_steps: int = _field("zero_steps")
+    base64: bool = _field("base64")
+    webhook: str | None = _field("webhook")
+    track_id: str | int | None = _field("track_id")
+    temp: bool = _field("temp")
+    extra: Mapping[str, Any] = attrs.field(
+        default=_NO_EXTRA, converter=_freeze_extra, validator=_check_extra, hash=False
+    )
 
     def __attrs_post_init__(self) -> None:
-        # The field checks (_REQUEST_CHECKS) run, in field order, only when the one-pass
-        # test of the usual values does not pass: it accepts nothing they would refuse.
-        if not _usual_request(self):
-            for field, check in _request_checks():
-                check(self, field, getattr(self, field.name))
         if self.zero_steps > self.num_inference_steps:
             raise RequestValidationError(
                 "zero_steps",
@@ -316,97 +366,22 @@ class Text2ImgRequest:
         return attrs.evolve(self, **changes)
 
 
-#: The check of each field of a request, in field order (attrs would run them one call
-#: per field; ``__attrs_post_init__`` runs them only when ``_usual_request`` fails).
-_REQUEST_CHECKS: dict[str, Any] = {
-    "prompt": _check_prompt,
-    "negative_prompt": _opt_text(MAX_PROMPT_LENGTH),
-    "model_id": _check_model_id,
-    "width": _int_in(1, 1024),
-    "height": _int_in(1, 1024),
-    "samples": _int_in(1, 4),
-    "num_inference_steps": _int_in(1, None),
-    "safety_checker": _is_bool,
-    "safety_checker_type": _check_safety_type,
-    "seed": _check_seed,
-    "guidance_scale": _float_in(1, 20),
-    "injected_noise_alpha": _float_in(0, 1),
-    "sigma_threshold": _float_in(0, 1),
-    "true_cfg_scale": _float_in(0, 10),
-    "use_cfg_zero_star": _is_bool,
-    "use_zero_init": _is_bool,
-    "zero_steps": _int_in(0, None),
-    "base64": _is_bool,
-    "webhook": _check_webhook,
-    "track_id": _check_track_id,
-    "temp": _is_bool,
-    "extra": _check_extra,
-}
-
-
-@functools.cache
-def _request_checks() -> tuple[tuple[attrs.Attribute[Any], Any], ...]:
-    return tuple((f, _REQUEST_CHECKS[f.name]) for f in attrs.fields(Text2ImgRequest))
-
-
-def _usual_request(r: Text2ImgRequest) -> bool:
-    """True when every field holds a value of its usual type within its range: a subset
-    of what the field checks accept (tests hold it to them on every field's edge values
-    and on hypothesis' mixes)."""
-    prompt = r.prompt
-    negative = r.negative_prompt
-    model_id = r.model_id
-    width, height, samples, steps = r.width, r.height, r.samples, r.num_inference_steps
-    seed = r.seed
-    guidance, alpha, sigma, cfg = (
-        r.guidance_scale,
-        r.injected_noise_alpha,
-        r.sigma_threshold,
-        r.true_cfg_scale,
-    )
-    track_id = r.track_id
-    return (
-        type(prompt) is str
-        and 0 < len(prompt) <= MAX_PROMPT_LENGTH
-        and not prompt.isspace()
-        and "\x00" not in prompt
-        and (negative is None or (type(negative) is str and len(negative) <= MAX_PROMPT_LENGTH))
-        and type(model_id) is str
-        and 0 < len(model_id) <= 200
-        and not model_id.isspace()
-        and type(width) is int
-        and 1 <= width <= 1024
-        and type(height) is int
-        and 1 <= height <= 1024
-        and type(samples) is int
-        and 1 <= samples <= 4
-        and type(steps) is int
-        and steps >= 1
-        and type(r.safety_checker) is bool
-        and r.safety_checker_type in SAFETY_CHECKER_TYPES
-        and (seed is None or (type(seed) is int and 0 <= seed <= MAX_SEED))
-        and type(guidance) is float
-        and 1.0 <= guidance <= 20.0
-        and type(alpha) is float
-        and 0.0 <= alpha <= 1.0
-        and type(sigma) is float
-        and 0.0 <= sigma <= 1.0
-        and type(cfg) is float
-        and 0.0 <= cfg <= 10.0
-        and type(r.use_cfg_zero_star) is bool
-        and type(r.use_zero_init) is bool
-        and type(r.zero_steps) is int
-        and r.zero_steps >= 0
-        and type(r.base64) is bool
-        and r.webhook is None
-        and (
-            track_id is None
-            or type(track_id) is int
-            or (type(track_id) is str and 0 < len(track_id) <= MAX_TRACK_ID_LENGTH)
+def request_fields_markdown() -> str:
+    """The README's table of request fields, made from :data:`REQUEST_FIELDS`."""
+    lines = ["| field | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    for f in REQUEST_FIELDS:
+        types = (
+            ("str",)
+            if f.choices
+            else tuple(
+                "None" if t is type(None) else t.__name__ for t in get_args(f.type) or (f.type,)
+            )
         )
-        and type(r.temp) is bool
-        and not r.extra
-    )
+        type_name = " or ".join(f"`{t}`" for t in types)
+        default = "required" if f.default is REQUIRED else f"`{f.default!r}`"
+        allowed = f.bounds or "`True`/`False`"
+        lines.append(f"| `{f.name}` | {type_name} | {default} | {allowed} | {f.help} |")
+    return "\n".join(lines) + "\n"
 
 
 # --- answers -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The exception hierarchy (DESIGN.md §5); every name is also importable from the package root.
+"""The exception hierarchy (see README.md, "Errors"), also importable from the package root.
 
 See :mod:`modelslab_async._errors` for the tree.
 """

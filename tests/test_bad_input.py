@@ -24,6 +24,9 @@ pytestmark = pytest.mark.anyio
 
 NAN, INF = math.nan, math.inf
 FOX = {"prompt": "a red fox"}
+DEEP: Any = 1
+for _ in range(33):
+    DEEP = [DEEP]
 
 
 def row(name: str, field: str, **fields: Any) -> Any:
@@ -45,6 +48,7 @@ BAD = [
     row("negative prompt not text", "negative_prompt", negative_prompt=["ugly"]),
     row("blank model_id", "model_id", model_id="  "),
     row("model_id None", "model_id", model_id=None),
+    row("NUL in model_id", "model_id", model_id="flux\x00"),
     # sizes and counts
     row("width 0", "width", width=0),
     row("width 1025", "width", width=1025),
@@ -114,6 +118,7 @@ BAD = [
     row("extra named extra", "extra['extra']", extra={"extra": {}}),
     row("extra NaN", "extra", extra={"cfg_rescale": NAN}),
     row("extra nested inf", "extra", extra={"lora_strength": [1.0, INF]}),
+    row("extra nested 33 deep", "extra['lora']", extra={"lora": DEEP}),
     row("extra not JSON", "extra", extra={"callback": object()}),
     row("extra empty name", "extra", extra={"": 1}),
     row("extra not a mapping", "extra", extra=["enhance_prompt"]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import os
 import signal
@@ -9,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -20,6 +23,7 @@ from modelslab_async.emulator import Emulator, EmulatorConfig
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parents[1]
+ALLOC = ROOT / "modelslab_async" / "cli" / "_alloc.py"
 CANARY = "canary-key-7f3a9c51d2e8"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RECORD_KEYS = {"index", "state", "fingerprint", "job_id", "files", "error", "time"}
@@ -294,12 +298,302 @@ async def test_a_missing_cli_extra_is_explained(tmp_path: Path) -> None:
     assert b"pip install 'modelslab-async[cli]'" in result.stderr
 
 
-async def test_unreadable_prompts_exit_2(emu: Emulator, tmp_path: Path) -> None:
+async def test_a_directory_as_prompts_exits_2(emu: Emulator, tmp_path: Path) -> None:
+    result = await run_cli(
+        "batch", str(tmp_path), "--out", "out", "--base-url", emu.base_url, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert b"is a directory" in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
+# --- input that cannot be read: one failed item per line, never a traceback ----------------
+
+
+async def _batch_json(
+    emu: Emulator, tmp_path: Path, prompts: Path, *extra: str
+) -> tuple[subprocess.CompletedProcess[bytes], dict[int, dict[str, Any]]]:
+    result = await run_cli(
+        "batch", str(prompts), "--out", "out", "--json", "--base-url", emu.base_url, *extra,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert b"Traceback" not in result.stderr, result.stderr.decode()
+    records = {o["index"]: o for o in map(json.loads, result.stdout.decode().splitlines())}
+    return result, records
+
+
+async def test_an_undecodable_line_fails_as_its_own_item(emu: Emulator, tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
-    prompts.write_bytes(b"a fine prompt\n\xff\xfe not utf-8\n")
+    prompts.write_bytes(b"\xef\xbb\xbfa fine prompt\n\xff\xfe not utf-8\nanother fine prompt\n")
+    result, records = await _batch_json(emu, tmp_path, prompts)
+    assert result.returncode == 1
+    assert [records[i]["state"] for i in range(3)] == ["done", "failed", "done"]
+    message = records[1]["error"]["message"]
+    assert "line 2" in message
+    assert "0xff" in message
+    assert "UTF-8" in message
+    assert emu.stats.requests_by_endpoint["submit"] == 2
+
+
+def _nested_json(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+async def test_deeply_nested_jsonl_lines_fail_as_their_own_items(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "requests.jsonl"
+    lines = [
+        json.dumps({"prompt": "a fine prompt"}),
+        _nested_json(100_000),  # json.loads raises RecursionError
+        '{"prompt": "x", "lora": ' + _nested_json(900) + "}",  # parses; too deep to send
+        '{"prompt": ' + _nested_json(900) + "}",
+        json.dumps({"prompt": "another fine prompt"}),
+    ]
+    prompts.write_text("\n".join(lines) + "\n")
+    result, records = await _batch_json(emu, tmp_path, prompts)
+    assert result.returncode == 1
+    assert [records[i]["state"] for i in range(5)] == ["done", *["failed"] * 3, "done"]
+    assert "line 2" in records[1]["error"]["message"]
+    assert "nested" in records[1]["error"]["message"]
+    assert records[2]["error"]["message"].startswith("extra['lora']:")
+    assert records[3]["error"]["message"].startswith("prompt:")
+    assert emu.stats.requests_by_endpoint["submit"] == 2
+
+
+async def test_a_300_mib_line_fails_as_its_own_item_without_being_held(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    with prompts.open("wb") as f:
+        f.write(b"a fine prompt\n")
+        chunk = b"x" * (1 << 20)
+        for _ in range(300):
+            f.write(chunk)
+        f.write(b"\nanother fine prompt\n")
+    # The command in this interpreter, which prints its peak RSS at exit.
+    code = (
+        "import atexit, resource, runpy, sys; "
+        "atexit.register(lambda: print('maxrss', resource.getrusage("
+        "resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)); "
+        f"sys.argv = ['modelslab-async', 'batch', {str(prompts)!r}, '--out', 'out', '--json', "
+        f"'--base-url', {emu.base_url!r}]; "
+        "runpy.run_module('modelslab_async', run_name='__main__')"
+    )
+    with anyio.fail_after(60):
+        result = await anyio.run_process(
+            [sys.executable, "-c", code], cwd=tmp_path, env=_env(), check=False
+        )
+    _check_no_key(result.stdout, result.stderr)
+    assert b"Traceback" not in result.stderr
+    assert result.returncode == 1
+    records = {o["index"]: o for o in map(json.loads, result.stdout.decode().splitlines())}
+    assert [records[i]["state"] for i in range(3)] == ["done", "failed", "done"]
+    assert "line 2" in records[1]["error"]["message"]
+    assert "1,048,576 bytes" in records[1]["error"]["message"]
+    [maxrss_kib] = [int(line.split()[1]) for line in result.stderr.decode().splitlines()
+                    if line.startswith("maxrss ")]  # fmt: skip
+    assert maxrss_kib < 150 * 1024  # the line (300 MiB) was never held whole
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (b'{"index": 0, "state": "done"}\n\xff\xfe\n', b"is not UTF-8 text"),
+        (_nested_json(100_000).encode() + b"\n", b"nested too deeply"),
+    ],
+    ids=["undecodable", "nested"],
+)
+async def test_a_manifest_that_cannot_be_read_exits_2_naming_it(
+    emu: Emulator, tmp_path: Path, content: bytes, says: bytes
+) -> None:
+    prompts = _prompts(tmp_path, 2)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "manifest.jsonl").write_bytes(content)
     result = await run_cli(
         "batch", str(prompts), "--out", "out", "--base-url", emu.base_url, cwd=tmp_path
     )
-    assert result.returncode == 2
-    assert b"cannot read" in result.stderr
+    assert result.returncode == 2, result.stderr.decode()
     assert b"Traceback" not in result.stderr
+    assert says in result.stderr
+    assert b"manifest.jsonl" in result.stderr
+    assert emu.stats.requests_by_endpoint["submit"] == 0
+
+
+# --- --input-format (and its old name --format) ---------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--input-format", "--format"])
+async def test_input_format_text_reads_a_brace_line_as_a_prompt(
+    emu: Emulator, tmp_path: Path, option: str
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("{curly} braces in a prompt\n")
+    result, records = await _batch_json(emu, tmp_path, prompts, option, "text")
+    assert result.returncode == 0, result.stderr.decode()
+    assert records[0]["state"] == "done"
+
+
+@pytest.mark.parametrize("how", ["option", "suffix"])
+async def test_csv_input_needs_the_datasets_module(emu: Emulator, tmp_path: Path, how: str) -> None:
+    prompts = tmp_path / ("prompts.csv" if how == "suffix" else "prompts.txt")
+    prompts.write_text("prompt,seed\na red fox,1\n")
+    extra = ("--input-format", "csv") if how == "option" else ()
+    result, records = await _batch_json(emu, tmp_path, prompts, *extra)
+    if importlib.util.find_spec("modelslab_async.datasets") is None:
+        assert result.returncode == 2
+        assert b"modelslab_async.datasets" in result.stderr
+        assert emu.stats.requests_by_endpoint["submit"] == 0
+    else:  # read by modelslab_async.datasets.read_rows
+        assert result.returncode == 0, result.stderr.decode()
+        assert records[0]["state"] == "done"
+
+
+async def test_csv_input_from_stdin_exits_2(emu: Emulator, tmp_path: Path) -> None:
+    result = await run_cli(
+        "batch", "-", "--out", "out", "--input-format", "csv", "--base-url", emu.base_url,
+        cwd=tmp_path,
+        stdin=b"prompt\na red fox\n",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert b"standard input" in result.stderr
+
+
+# --- the package, its entry points and the allocator -----------------------------------------
+
+
+def test_the_console_script_is_the_cli_packages_main() -> None:
+    from modelslab_async.cli import main
+
+    [script] = [
+        ep
+        for ep in importlib.metadata.entry_points(group="console_scripts")
+        if ep.name == "modelslab-async"
+    ]
+    assert script.value == "modelslab_async.cli:main"
+    assert script.load() is main
+
+
+def test_exit_codes_are_those_of_the_docs() -> None:
+    from modelslab_async.cli import _run
+
+    codes = (_run.EXIT_OK, _run.EXIT_FAILED, _run.EXIT_USAGE, _run.EXIT_CREDITS)
+    assert codes == (0, 1, 2, 3)
+    assert _run.EXIT_INTERRUPTED == 130
+
+
+def test_there_is_an_option_for_every_request_field() -> None:
+    from click.testing import CliRunner
+
+    from modelslab_async._types import REQUEST_FIELDS
+    from modelslab_async.cli import cli
+
+    for command in ("generate", "batch"):
+        shown = CliRunner().invoke(cli, [command, "--help"], terminal_width=200).output
+        for field in REQUEST_FIELDS:
+            if field.name != "prompt":
+                assert "--" + field.name.replace("_", "-") in shown, (command, field.name)
+    assert "--steps" in shown
+
+
+def test_the_options_give_the_request_fields_as_typed_values() -> None:
+    import click
+    from click.testing import CliRunner
+
+    from modelslab_async.cli._options import request_fields, request_options, validated
+
+    seen: dict[str, Any] = {}
+
+    @click.command()
+    @request_options
+    def command(set_fields: tuple[str, ...], **options: Any) -> None:
+        seen.update(request_fields(options, set_fields))
+
+    argv = [
+        "--steps", "31", "--no-safety-checker", "--seed", "5", "--guidance-scale", "3.5",
+        "--safety-checker-type", "blur", "--track-id", "t-1", "--set", "width=768",
+        "--set", "enhance_prompt=yes", "--set", "lora_strength=0.5",
+    ]  # fmt: skip
+    result = CliRunner().invoke(command, argv)
+    assert result.exit_code == 0, result.output
+    assert seen == {
+        "num_inference_steps": 31,
+        "safety_checker": False,
+        "seed": 5,
+        "guidance_scale": 3.5,
+        "safety_checker_type": "blur",
+        "track_id": "t-1",
+        "width": "768",  # --set: read by the converter
+        "enhance_prompt": "yes",
+        "lora_strength": 0.5,
+    }
+    request = validated({**seen, "prompt": "x"})
+    assert (request.num_inference_steps, request.width, request.safety_checker) == (31, 768, False)
+    assert dict(request.extra) == {"enhance_prompt": "yes", "lora_strength": 0.5}
+
+
+_HEAP_PROBE = """
+import ctypes, importlib.util, sys
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.sbrk.restype = ctypes.c_void_p
+
+def read_buffer_from_heap():
+    # The allocation asyncio's selector transport makes for every recv (256 KiB + header).
+    # Not freed: freeing an mmapped block would itself move the threshold.
+    return libc.malloc(256 * 1024 + 33) < libc.sbrk(0)
+
+spec = importlib.util.spec_from_file_location("_alloc", sys.argv[1])
+alloc = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(alloc)
+before = read_buffer_from_heap()
+alloc.settle_allocator()
+alloc.settle_allocator()  # once per process: the second call does nothing
+print(before, read_buffer_from_heap())
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION"),
+    reason="glibc's dynamic mmap threshold",
+)
+def test_settle_allocator_moves_socket_read_buffers_off_mmap() -> None:
+    # A bare interpreter (the module alone, no package imports) serves a 256 KiB read
+    # buffer with mmap; after settle_allocator, from the heap.
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", _HEAP_PROBE, str(ALLOC)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == ["False", "True"]
+
+
+_WHO_SETTLES = """
+import sys, anyio
+from modelslab_async import Client
+
+async def use_a_client():
+    async with Client("k", base_url="http://127.0.0.1:1"):
+        pass
+
+anyio.run(use_a_client)
+print("library", "modelslab_async.cli._alloc" in sys.modules)
+from modelslab_async.cli import _alloc, main
+sys.argv = ["modelslab-async", "--version"]
+try:
+    main()
+except SystemExit:
+    pass
+print("cli", _alloc._allocator_settled)
+"""
+
+
+def test_only_the_command_line_settles_the_allocator() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _WHO_SETTLES], capture_output=True, text=True, env=_env()
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "library False" in lines
+    assert "cli True" in lines

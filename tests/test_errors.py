@@ -47,7 +47,7 @@ from tests._scripted_server import Action, answer, echo, raw, reset, scripted, s
 
 CANARY = "sk-LEAKCANARY-123"
 
-# --- the tree of DESIGN.md §5 ----------------------------------------------------------------
+# --- the tree of README.md, "Errors" (and _errors.py's docstring) ---------------------------
 
 TREE: list[tuple[type[BaseException], tuple[type[BaseException], ...]]] = [
     (ModelsLabError, (Exception,)),

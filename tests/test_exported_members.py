@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +77,95 @@ def test_errors_module_exports_the_exception_tree() -> None:
     assert set(errors.__all__) == exported
     for name in errors.__all__:
         assert getattr(errors, name) is getattr(modelslab_async, name)
+
+
+# --- the package's source -------------------------------------------------------------------
+
+PACKAGE = Path(modelslab_async.__file__).parent
+SOURCES = sorted(PACKAGE.rglob("*.py"))
+
+
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_code_is_generated_at_run_time(path: Path) -> None:
+    calls = [
+        node.func.id
+        for node in ast.walk(_tree(path))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("exec", "eval", "compile")
+    ]
+    assert calls == []
+
+
+def test_only_the_command_line_imports_the_allocator_tweak() -> None:
+    importers = {
+        _module_name(path)
+        for path in SOURCES
+        for node in ast.walk(_tree(path))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("_alloc")
+    }
+    assert importers == {"modelslab_async.cli._commands"}
+
+
+def _top_level(body: list[ast.stmt]) -> list[ast.stmt]:
+    """Statements run at import, into ``if`` and ``try`` blocks."""
+    found: list[ast.stmt] = []
+    for node in body:
+        found.append(node)
+        if isinstance(node, ast.If | ast.Try):
+            nested = [*node.body, *node.orelse]
+            if isinstance(node, ast.Try):
+                nested += [s for handler in node.handlers for s in handler.body]
+            found += _top_level(nested)
+    return found
+
+
+def _defined_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in _top_level(tree.body):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+def _all_of(tree: ast.Module) -> list[str] | None:
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            return list(ast.literal_eval(node.value))
+    return None
+
+
+#: Modules whose ``__all__`` re-exports what they import, on purpose: the public faces.
+REEXPORTING = {
+    "modelslab_async",
+    "modelslab_async.errors",
+    "modelslab_async.cli",
+    "modelslab_async.emulator",
+}
+PRIVATE = [
+    path
+    for path in SOURCES
+    if _module_name(path) not in REEXPORTING and _all_of(_tree(path)) is not None
+]
+
+
+@pytest.mark.parametrize("path", PRIVATE, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_a_private_modules_all_lists_only_names_it_defines(path: Path) -> None:
+    tree = _tree(path)
+    exported = _all_of(tree) or []
+    assert sorted(set(exported) - _defined_names(tree)) == []

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import modelslab_async as m
-from modelslab_async import RequestValidationError, Text2ImgRequest
+from modelslab_async import RequestValidationError, Text2ImgRequest, _types
 from modelslab_async._convert import (
     fingerprint,
     request_from_wire,
@@ -25,10 +25,10 @@ from modelslab_async._convert import (
 )
 from modelslab_async._types import (
     DOCUMENTED_FIELDS,
+    REQUEST_FIELDS,
+    REQUIRED,
     SAFETY_CHECKER_TYPES,
-    _request_checks,
-    _usual_request,
-    trusted_replace,
+    request_fields_markdown,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -592,140 +592,94 @@ def test_request_from_wire_without_a_prompt_names_the_prompt() -> None:
         request_from_wire({"width": 512})
 
 
-# --- trusted_replace -------------------------------------------------------------------------
+# --- the field table ---------------------------------------------------------------------------
+
+
+def test_the_table_holds_every_field_of_the_request_with_its_type_and_default() -> None:
+    # (the class's __module__ is the package: its annotations resolve in _types)
+    resolved = attrs.resolve_types(Text2ImgRequest, globalns=vars(_types))
+    fields = attrs.fields_dict(resolved)
+    assert [f.name for f in REQUEST_FIELDS] == [name for name in fields if name != "extra"]
+    for spec in REQUEST_FIELDS:
+        assert fields[spec.name].type == spec.type, spec.name
+        assert fields[spec.name].default is spec.default, spec.name
+        assert spec.help.endswith("."), spec.name
+
+
+def test_only_the_prompt_is_required() -> None:
+    assert [f.name for f in REQUEST_FIELDS if f.default is REQUIRED] == ["prompt"]
+
+
+@pytest.mark.parametrize("spec", REQUEST_FIELDS, ids=lambda f: f.name)
+def test_each_default_passes_its_own_check(spec: Any) -> None:
+    if spec.default is not REQUIRED:
+        spec.validate(None, None, spec.default)
 
 
 @pytest.mark.parametrize(
-    "instance",
-    [
-        Text2ImgRequest(prompt="a red fox", seed=3, negative_prompt="blur", extra={"lora": "x"}),
-        m.Generation(id=7, output=("http://x/7-0.png",), generation_time=1.5),
-        m.Job(id=7, eta=1.5, future_links=("http://x/7-0.png",)),
-        m.GeneratedImage(url="http://x/7-0.png", index=0, job_id=7, data=b"png"),
-    ],
-    ids=lambda v: type(v).__name__,
+    "spec",
+    [f for f in REQUEST_FIELDS if f.high is not None or f.low is not None],
+    ids=lambda f: f.name,
 )
-def test_trusted_replace_copies_every_field_and_sets_the_changes(instance: Any) -> None:
-    names = [f.name for f in attrs.fields(type(instance))]
-    before = {name: getattr(instance, name) for name in names}
-    change = names[-1]
-    copy = trusted_replace(instance, **{change: "changed"})
-    assert type(copy) is type(instance)
-    assert copy is not instance
-    for name in names:
-        assert getattr(copy, name) is ("changed" if name == change else before[name]), (
-            name
-        )  # the same objects: a copy of the fields, nothing rebuilt
-    assert {name: getattr(instance, name) for name in names} == before
-    assert trusted_replace(instance) == instance
+def test_the_table_bounds_are_the_ones_the_request_enforces(spec: Any) -> None:
+    low = spec.low if spec.type is not float else float(spec.low)
+    Text2ImgRequest(prompt="x", **{spec.name: low})
+    below = low - 1 if spec.type is not float else math.nextafter(low, -math.inf)
+    with pytest.raises(RequestValidationError, match=spec.name):
+        Text2ImgRequest(prompt="x", **{spec.name: below})
+    if spec.high is not None:
+        Text2ImgRequest(prompt="x", **{spec.name: spec.high})
+        above = spec.high + 1 if spec.type is not float else math.nextafter(spec.high, math.inf)
+        with pytest.raises(RequestValidationError, match=spec.bounds.replace(".", r"\.")):
+            Text2ImgRequest(prompt="x", **{spec.name: above})
 
 
-def test_trusted_replace_runs_no_validator() -> None:
-    request = Text2ImgRequest(prompt="a red fox")
-    assert trusted_replace(request, width=4096).width == 4096  # the class would refuse it
-
-
-# --- the one-pass test of usual values ---------------------------------------------------------
-
-#: Values at and around every field's bounds and types, for the one-pass test.
-_EDGES: list[Any] = [
-    None,
-    True,
-    False,
-    0,
-    1,
-    -1,
-    2,
-    4,
-    5,
-    8,
-    20,
-    21,
-    1024,
-    1025,
-    MAX_SEED,
-    MAX_SEED + 1,
-    2**1100,
-    -0.0,
-    0.0,
-    0.5,
-    1.0,
-    1.5,
-    7,
-    10.0,
-    10.5,
-    20.0,
-    20.5,
-    -0.1,
-    1e308,
-    math.nan,
-    math.inf,
-    -math.inf,
-    "",
-    " ",
-    "\u2003",
-    "a\x00b",
-    "x",
-    "x" * 200,
-    "x" * 201,
-    "x" * 10_000,
-    "x" * 10_001,
-    "blur",
-    "black",
-    "Blur",
-    "flux",
-    "http://127.0.0.1:9/hook",
-    "ftp://x",
-    "https://",
-    "mla-1",
-    "1",
-    b"x",
-    [1],
-    {"a": 1},
-    {},
-    {"key": "k"},
-]
-
-
-def _assert_usual_implies_checks_pass(values: dict[str, Any]) -> None:
-    # Values set without validation: whenever the one-pass test passes, every field check
-    # must pass too (it only lets __attrs_post_init__ skip them).
-    request = trusted_replace(Text2ImgRequest(prompt="a red fox"), **values)
-    if _usual_request(request):
-        for field, check in _request_checks():
-            check(request, field, getattr(request, field.name))
-
-
-@pytest.mark.parametrize("name", [f.name for f in attrs.fields(Text2ImgRequest)])
-def test_the_usual_values_test_accepts_no_edge_value_a_field_check_refuses(name: str) -> None:
-    for value in _EDGES:
-        _assert_usual_implies_checks_pass({name: value})
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    values=st.dictionaries(
-        st.sampled_from([f.name for f in attrs.fields(Text2ImgRequest)]),
-        st.sampled_from(_EDGES) | st.integers() | st.floats() | st.text(max_size=4),
-        min_size=2,
-        max_size=4,
+def test_the_readme_field_list_is_the_table() -> None:
+    readme = (ROOT / "README.md").read_text()
+    begin, end = "<!-- request-fields: begin -->\n", "<!-- request-fields: end -->"
+    assert begin in readme
+    assert end in readme
+    listed = readme.split(begin, 1)[1].split(end, 1)[0]
+    assert listed == request_fields_markdown(), (
+        "README.md's field list differs from REQUEST_FIELDS; paste this between the markers:\n"
+        + request_fields_markdown()
     )
-)
-def test_the_usual_values_test_accepts_no_mix_a_field_check_refuses(
-    values: dict[str, Any],
-) -> None:
-    _assert_usual_implies_checks_pass(values)
 
 
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {"prompt": "a red fox"},
-        {"prompt": "a red fox", "seed": 0, "width": 1024, "height": 8, "samples": 4},
-        {"prompt": "x", "negative_prompt": "blur", "guidance_scale": 20, "true_cfg_scale": 0},
-        {"prompt": "x", "track_id": "mla-1", "num_inference_steps": 31, "zero_steps": 31},
-        {"prompt": "x", "safety_checker": False, "safety_checker_type": "black", "seed": MAX_SEED},
-    ],
-)
-def test_usual_requests_take_the_one_pass_test(fields: dict[str, Any]) -> None:
-    assert _usual_request(Text2ImgRequest(**fields))
+def test_text_fields_show_their_length_not_their_text_when_too_long() -> None:
+    with pytest.raises(RequestValidationError) as info:
+        Text2ImgRequest(prompt="x", negative_prompt="secret " * 2000)
+    assert "secret" not in str(info.value)
+    assert "14000 characters" in str(info.value)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for i in range(depth):
+        value = [value] if i % 2 else {"a": value}
+    return value
+
+
+def test_an_extra_value_may_nest_32_levels_deep() -> None:
+    assert Text2ImgRequest(prompt="x", extra={"lora": _nested(32)}).extra["lora"] == _nested(32)
+
+
+@pytest.mark.parametrize("depth", [33, 5000, 10**6])
+def test_a_deeper_extra_value_is_a_validation_error(depth: int) -> None:
+    with pytest.raises(RequestValidationError, match=r"extra\['lora'\].*at most 32 levels"):
+        Text2ImgRequest(prompt="x", extra={"lora": _nested(depth)})
+
+
+def test_an_extra_value_that_holds_itself_is_a_validation_error() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(RequestValidationError, match="extra"):
+        Text2ImgRequest(prompt="x", extra={"lora": loop})
+
+
+def test_replace_and_evolve_run_every_check_again() -> None:
+    request = Text2ImgRequest(prompt="a red fox")
+    with pytest.raises(RequestValidationError, match="width"):
+        attrs.evolve(request, width=4096)
+    with pytest.raises(RequestValidationError, match="track_id"):
+        request.replace(track_id="")

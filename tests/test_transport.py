@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import math
-import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -782,49 +779,3 @@ async def test_an_api_error_with_a_5xx_status_is_not_retried(op: str) -> None:
             await (submit(t) if op == "submit" else t.fetch(1))
     assert info.value.status_code == 500
     assert server.count() == 1
-
-
-_HEAP_PROBE = """
-import ctypes, importlib.util, sys
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.sbrk.restype = ctypes.c_void_p
-
-def read_buffer_from_heap():
-    # The allocation asyncio's selector transport makes for every recv (256 KiB + header).
-    # Not freed: freeing an mmapped block would itself move the threshold.
-    return libc.malloc(256 * 1024 + 33) < libc.sbrk(0)
-
-spec = importlib.util.spec_from_file_location("_alloc", sys.argv[1])
-alloc = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(alloc)
-before = read_buffer_from_heap()
-alloc.settle_allocator()
-alloc.settle_allocator()  # once per process: the second call does nothing
-print(before, read_buffer_from_heap())
-"""
-
-
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION"),
-    reason="glibc's dynamic mmap threshold",
-)
-def test_settle_allocator_moves_socket_read_buffers_off_mmap() -> None:
-    import modelslab_async._alloc as alloc
-
-    # A bare interpreter (the module alone, no package imports) serves a 256 KiB read
-    # buffer with mmap; after settle_allocator, from the heap.
-    out = subprocess.run(
-        [sys.executable, "-I", "-c", _HEAP_PROBE, alloc.__file__],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert out.stdout.split() == ["False", "True"]
-
-
-async def test_opening_a_transport_settles_the_allocator() -> None:
-    import modelslab_async._alloc as alloc
-
-    async with transport("http://127.0.0.1:1"):
-        assert alloc._allocator_settled

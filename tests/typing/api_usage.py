@@ -158,7 +158,7 @@ def explain(exc: ModelsLabError) -> str:
 timeout_is_builtin: TimeoutError = GenerationTimeout(1, 2.0)
 validation_is_value_error: ValueError = RequestValidationError("width", 2048, "1..1024")
 
-# --- the client (DESIGN.md §3) ---------------------------------------------------------------
+# --- the client (README.md, "The client") -----------------------------------------------------
 
 
 async def main(prompts: list[str]) -> None:

@@ -1,6 +1,8 @@
-"""A one-time nudge to the C allocator for asyncio's socket reads (see settle_allocator).
+"""A one-time nudge to glibc's allocator for asyncio's socket reads (see settle_allocator).
 
-No imports from the package: a test loads this module alone in a fresh interpreter.
+This changes the whole process, so only an application may call it: the command line's
+``main()`` does, and the benchmarks' harness. The library never does. No imports from the
+package: a test loads this module alone in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -17,14 +19,13 @@ def settle_allocator() -> None:
     asyncio's selector transport reads every socket with ``recv(256 KiB)`` into a new bytes
     object. glibc gives an allocation that large its own ``mmap`` until the process has
     freed an mmapped block at least as big (its ``M_MMAP_THRESHOLD`` then adapts upward, as
-    ``mallopt(3)`` documents). A process that only ever reads small answers on kept-alive
+    ``mallopt(3)`` documents). A process that only reads small answers on kept-alive
     connections, which is what a batch of API calls does, can stay below that for its whole
     life and then pays ``mmap`` + ``mremap`` + ``munmap`` and a page fault on every read
-    (cpython#85451): measured here, 42 µs of CPU per read of a 1.3 KB answer instead of
-    13 µs. Which state a process starts in is chance (its imports and hash seed: 7 of 16
-    fresh interpreters that imported this package started below). One calloc'd block,
-    freed at once (its pages are never touched), puts the process where any process that
-    has handled a large body is anyway. Elsewhere than glibc it is a harmless allocation.
+    (cpython#85451). Whether a process starts below depends on its imports and hash seed.
+    One calloc'd block, freed at once (its pages are never touched), puts the process where
+    any process that has handled a large body is anyway. Elsewhere than glibc it is a
+    harmless allocation.
     """
     global _allocator_settled
     if not _allocator_settled:
