@@ -13,7 +13,7 @@ loop and each client's figures are its own:
   target ≤ 150 MB and flat in N;
 - CPU per job: user+sys CPU seconds of the batch (``resource.getrusage`` in the child just
   before and after it; start-up and imports excluded) / jobs; the ratio to the hand loop at
-  the same size is the target (≤ 1.3);
+  the same size is the target (≤ 1.5);
 - makespan: first submit (as the emulator saw it) to the last file written (the client's
   clock; both are CLOCK_MONOTONIC), against the emulator's schedule for the submit times
   the client chose (last ready − first submit) and against a perfect client (64 in flight,
@@ -44,7 +44,7 @@ from _harness import EmulatorProcess, best_makespan, job_metrics, run_client
 
 CLIENTS = ("modelslab_async", "hand_loop")
 RSS_TARGET_MB = 150.0
-CPU_RATIO_TARGET = 1.3
+CPU_RATIO_TARGET = 1.5  # issue 16: relaxed from 1.3
 
 COLUMNS = [
     ("client", "client"),

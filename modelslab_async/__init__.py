@@ -1,10 +1,11 @@
 """modelslab_async: an asyncio-first SDK for the ModelsLab text-to-image (Flux) API."""
 
 # No ``from __future__ import annotations`` here: it would add a public ``annotations`` name.
+from importlib import import_module as _import_module
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
-from ._batch import BatchProgress
+from ._batch import BatchOptions, BatchProgress
 from ._client import Client, ClientStats
 from ._download import DownloadPolicy
 from ._errors import (
@@ -25,6 +26,7 @@ from ._errors import (
     TransportError,
 )
 from ._poller import PollPolicy
+from ._slots import Lease, LocalSlots, Slots, SlotStatistics
 from ._transport import RetryPolicy, Timeouts, set_testing
 from ._types import (
     BatchResult,
@@ -47,6 +49,7 @@ __all__ = [
     "AmbiguousSubmitError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchOptions",
     "BatchProgress",
     "BatchResult",
     "Client",
@@ -60,6 +63,8 @@ __all__ = [
     "GenerationFailed",
     "GenerationTimeout",
     "Job",
+    "Lease",
+    "LocalSlots",
     "Meta",
     "ModelsLabError",
     "PollPolicy",
@@ -71,6 +76,8 @@ __all__ = [
     "RetryPolicy",
     "SafetyCheckerType",
     "ServerError",
+    "SlotStatistics",
+    "Slots",
     "Text2ImgRequest",
     "Timeouts",
     "TransportError",
@@ -87,9 +94,7 @@ _LAZY = {"RaySlots": "._ray_slots", "RedisSlots": "._redis_slots"}
 def __getattr__(name: str) -> _Any:
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    obj = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    obj = getattr(_import_module(_LAZY[name], __name__), name)
     obj.__module__ = __name__
     globals()[name] = obj
     return obj

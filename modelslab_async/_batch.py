@@ -1,10 +1,12 @@
 """The batch engine behind ``Client.generate_many``.
 
-Items are pulled from the input only when one of ``max_in_flight`` slots is free, so
+``max_in_flight`` workers each take an item from the input only when they are free, so
 the input (an iterable or async iterable, possibly endless) is never read ahead; each
-item is submitted, waited for by the client's poller, downloaded, and yielded as soon as
-it completes. A result waits for the consumer before its slot is freed, so a slow
-consumer slows the batch instead of filling memory.
+item is submitted (in one of the client's slots), waited for by the client's poller,
+downloaded, and yielded as soon as it completes. A worker hands its result to the
+consumer over a zero-buffer stream and takes the next item only once the consumer has
+it, so a slow consumer slows the batch instead of filling memory. The engine knows the
+client only through :class:`BatchClient`.
 
 With a manifest, every state change is appended and fsynced before the next step: a
 rerun yields ``done`` items from the manifest (their files verified) without a network
@@ -20,27 +22,21 @@ each attempt recorded with its own track id.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 import os
 import time
-from collections import deque
-from collections.abc import (
-    AsyncIterable,
-    AsyncIterator,
-    Callable,
-    Iterable,
-    Mapping,
-)
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
+from anyio.streams.memory import MemoryObjectSendStream
 
-from ._convert import coerce_request, request_to_wire, wire_fingerprint
+from . import _constants as C
+from ._convert import coerce_request, fingerprint
 from ._download import remove_stale_parts, verify_image_file
 from ._errors import (
     AmbiguousSubmitError,
@@ -58,19 +54,17 @@ from ._errors import (
 )
 from ._manifest import Manifest, ManifestRecord, error_from_record, error_record
 from ._transport import SubmitWatch
-from ._types import (
-    BatchResult,
-    GeneratedImage,
-    Generation,
-    Job,
-    Text2ImgRequest,
-)
+from ._types import BatchResult, GeneratedImage, Generation, Job, Text2ImgRequest
+from ._webhook import WebhookReceiver
 
 if TYPE_CHECKING:
-    from ._client import Client
-    from ._webhook import WebhookReceiver
+    from typing_extensions import Unpack
+
+__all__ = ["BatchClient", "BatchOptions", "BatchProgress", "NOT_SUBMITTED", "run_batch"]
 
 RequestLike = Text2ImgRequest | Mapping[str, Any] | str
+#: An item of ``generate_many(..., indexed=True)``: the item's own index and its request.
+IndexedRequest = tuple[int, RequestLike]
 
 #: Errors after which the job itself may have succeeded: a retry resumes it by id.
 _RESUMABLE = (
@@ -114,36 +108,114 @@ class BatchProgress:
         return self.images / self.elapsed * 60.0 if self.elapsed > 0 else 0.0
 
 
+class BatchOptions(TypedDict, total=False):
+    """The keyword options of :meth:`Client.generate_many`, all optional.
+
+    - ``dest``: folder for the images (None: bytes in ``result.generation.images``).
+    - ``manifest``: a JSONL file; rerunning with it skips done items, resumes submitted
+      ones by job id and retries failed ones only with ``retry_failed``.
+    - ``max_in_flight``: items in progress, an integer >= 1 (default: the client's limit
+      plus room for downloads).
+    - ``on_progress``: called with a :class:`BatchProgress` on every change.
+    - ``retry_failed``: submit again (or resume by job id, when the job itself may have
+      succeeded) the items the manifest records as failed. Default False.
+    - ``max_resubmits``: resubmissions of a job that failed with the API's transient
+      "Failed, Try Again", an integer >= 0. Default 2.
+    - ``webhook``: a :class:`WebhookReceiver` to be told when jobs finish.
+    - ``indexed``: each item is an ``(index, request)`` pair, and results and manifest
+      records carry that index instead of the item's position (indices unique, >= 0, gaps
+      allowed): a caller that resumes part of a larger job, such as a dataset skipping its
+      complete shards, feeds only the items it still needs under their own indices.
+      Default False.
+    """
+
+    dest: str | os.PathLike[str] | None
+    manifest: str | os.PathLike[str] | None
+    max_in_flight: int | None
+    on_progress: Callable[[BatchProgress], Any] | None
+    retry_failed: bool
+    max_resubmits: int
+    webhook: WebhookReceiver | None
+    indexed: bool
+
+
+class BatchClient(Protocol):
+    """What the batch engine needs of a client."""
+
+    @property
+    def in_flight_limit(self) -> int:
+        """The client's current cap on jobs in flight."""
+        ...
+
+    @property
+    def learns_limit(self) -> bool:
+        """True when that cap is learned (``max_in_flight="auto"``)."""
+        ...
+
+    @property
+    def retry_ambiguous_submits(self) -> bool:
+        """True when the user allowed submits that may have created a job to be sent again."""
+        ...
+
+    def task_group(self) -> anyio.abc.TaskGroup:
+        """The open client's task group; :class:`ClientStateError` if it is not open."""
+        ...
+
+    async def submit(
+        self,
+        request: Text2ImgRequest,
+        *,
+        watch: SubmitWatch | None,
+        webhook: WebhookReceiver | None,
+    ) -> Job | Generation:
+        """Submit *request* in an in-flight slot (see :meth:`Client.submit`); *watch* is told
+        about each attempt, *webhook* (if any) is told when the job finishes."""
+        ...
+
+    async def wait(self, job: Job | Generation) -> Generation: ...
+
+    async def resume(self, job_id: JobId, *, request: Text2ImgRequest) -> Job | Generation: ...
+
+    async def download(self, generation: Generation, dest: Path | None) -> list[GeneratedImage]: ...
+
+
+def _integer(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{name}: got {value!r}, allowed an integer >= {minimum}")
+    return value
+
+
 class _Batch:
     def __init__(
         self,
-        client: Client,
-        requests: Iterable[Any] | AsyncIterable[Any],
-        *,
-        dest: str | os.PathLike[str] | None,
-        manifest: str | os.PathLike[str] | None,
-        limit: int,
-        on_progress: Callable[[BatchProgress], Any] | None,
-        retry_failed: bool,
-        max_resubmits: int,
-        webhook: WebhookReceiver | None,
-        indexed: bool = False,
+        client: BatchClient,
+        requests: Iterable[RequestLike | IndexedRequest]
+        | AsyncIterable[RequestLike | IndexedRequest],
+        options: BatchOptions,
     ) -> None:
+        unknown = sorted(set(options) - set(BatchOptions.__annotations__))
+        if unknown:
+            raise TypeError(f"generate_many() got an unexpected keyword argument {unknown[0]!r}")
         self.client = client
         self.requests = requests
-        self.indexed = indexed
+        dest = options.get("dest")
         self.dest = Path(dest) if dest is not None else None
-        self.manifest_path = manifest
+        self.manifest_path = options.get("manifest")
         self.manifest: Manifest | None = None
-        self.limit = limit
+        width = options.get("max_in_flight")
+        if width is not None:
+            self.limit = _integer("max_in_flight", width, 1)
+        elif client.learns_limit:
+            self.limit = C.AUTO_BATCH_WIDTH  # room for the limit to grow
+        else:  # the client's slots, plus items downloading or waiting for the consumer
+            self.limit = client.in_flight_limit + max(2, math.ceil(client.in_flight_limit / 4))
+        self.on_progress = options.get("on_progress")
+        self.retry_failed = bool(options.get("retry_failed", False))
+        self.max_resubmits = _integer("max_resubmits", options.get("max_resubmits", 2), 0)
+        self.webhook = options.get("webhook")
+        self.indexed = bool(options.get("indexed", False))
         self._workers = 0
-        self.on_progress = on_progress
-        self.retry_failed = retry_failed
-        self.max_resubmits = max_resubmits
-        self.webhook = webhook
-        self.scope = anyio.CancelScope()
         self.stopped = anyio.Event()
-        self.results = _Handoff()
         self.failure: BaseException | None = None
         self.started = time.monotonic()
         self.queued = self.submitted = self.processing = 0
@@ -174,26 +246,48 @@ class _Batch:
 
     # --- the engine ---------------------------------------------------------------------
 
-    def cancel(self) -> None:
-        self.scope.cancel()
+    async def results(self) -> AsyncIterator[BatchResult]:
+        """Run the batch in the client's task group and yield its results.
+
+        Leaving the loop (``break``, an exception, cancellation) cancels the batch and
+        waits until it stopped.
+        """
+        # No buffer: an item keeps its worker until the consumer has taken its result, so
+        # a slow consumer holds back the input instead of letting results pile up.
+        send, receive = anyio.create_memory_object_stream[BatchResult](0)
+        self.scope = anyio.CancelScope()
+        self.started = time.monotonic()
+        with receive:
+            await self.client.task_group().start(self.run, send)
+            try:
+                async for result in receive:
+                    yield result
+                if self.failure is not None:
+                    raise self.failure
+            finally:
+                self.scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await self.stopped.wait()
 
     async def run(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self,
+        results: MemoryObjectSendStream[BatchResult],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         try:
-            with self.scope:
+            with self.scope, results:
                 task_status.started()
                 try:
-                    await self._run()
+                    await self._run(results)
                 except anyio.get_cancelled_exc_class():
                     raise
                 except Exception as exc:  # handed to the consumer, not the client's group
                     self.failure = _unwrap(exc)
         finally:
-            self.results.close()
             self.stopped.set()
 
-    async def _run(self) -> None:
+    async def _run(self, results: MemoryObjectSendStream[BatchResult]) -> None:
         if self.manifest_path is not None:
             self.manifest = await Manifest(self.manifest_path).open()
         try:
@@ -201,19 +295,29 @@ class _Batch:
                 await anyio.to_thread.run_sync(remove_stale_parts, self.dest)
             items = _Items(self.requests, indexed=self.indexed)
             async with anyio.create_task_group() as tg:
-                self._spawn_worker(tg, items)
+                self._spawn_worker(tg, items, results)
         finally:
             if self.manifest is not None:
                 await self.manifest.close()
 
-    def _spawn_worker(self, tg: anyio.abc.TaskGroup, items: _Items) -> None:
+    def _spawn_worker(
+        self,
+        tg: anyio.abc.TaskGroup,
+        items: _Items,
+        results: MemoryObjectSendStream[BatchResult],
+    ) -> None:
         self._workers += 1
-        tg.start_soon(self._worker, tg, items)
+        tg.start_soon(self._worker, tg, items, results)
 
-    async def _worker(self, tg: anyio.abc.TaskGroup, items: _Items) -> None:
-        """One in-flight slot: takes an item, runs it, hands its result to the consumer
-        (waiting until it is taken), then takes the next. A worker that got an item starts
-        the next worker, up to the limit, so input is read only as slots free up."""
+    async def _worker(
+        self,
+        tg: anyio.abc.TaskGroup,
+        items: _Items,
+        results: MemoryObjectSendStream[BatchResult],
+    ) -> None:
+        """Takes an item, runs it, hands its result to the consumer (waiting until it is
+        taken), then takes the next. A worker that got an item starts the next worker, up
+        to the limit, so input is read only as workers free up."""
         try:
             while True:
                 got = await items.take()
@@ -223,7 +327,7 @@ class _Batch:
                         self._changed()
                     return
                 if self._workers < self.limit:
-                    self._spawn_worker(tg, items)
+                    self._spawn_worker(tg, items, results)
                 index, raw = got
                 self.queued += 1
                 self._changed()
@@ -236,27 +340,25 @@ class _Batch:
                 else:
                     self.failed += 1
                 self._changed()
-                await self.results.put(result)
+                await results.send(result)
                 # Let the consumer run first: it has the result before the next read.
-                await asyncio.sleep(0)
+                await anyio.lowlevel.checkpoint()
         finally:
             self._workers -= 1
 
     async def _record(self, **fields: Any) -> None:
-        """Append the record made of *fields* to the manifest; without one, nothing (and
-        no record object) is made."""
+        """Append the record made of *fields* to the manifest, if the batch has one."""
         if self.manifest is not None:
             await self.manifest.append(ManifestRecord(**fields))
 
     async def _process(self, index: int, raw: RequestLike) -> BatchResult:
         try:
-            request = raw if type(raw) is Text2ImgRequest else coerce_request(raw, {})
+            request = coerce_request(raw, {})
         except ModelsLabError as exc:
             self.queued -= 1
             await self._record(index=index, state="failed", fingerprint="", error=error_record(exc))
             return BatchResult(index=index, request=None, error=exc)
-        wire = request_to_wire(request)
-        fp = wire_fingerprint(wire)
+        fp = fingerprint(request)
         previous = None
         if self.manifest is not None:
             previous = self.manifest.previous.pop(index, None)
@@ -278,7 +380,7 @@ class _Batch:
                     # The run stopped while this submit was on the wire: the job may exist.
                     if self.retry_failed:
                         attempt += 1  # asked for: submit again, under a new track id
-                    elif not self._may_resubmit_ambiguous():
+                    elif not self.client.retry_ambiguous_submits:
                         self.queued -= 1
                         return await self._failed(
                             index, request, fp, _interrupted_submit(previous), None, attempt
@@ -304,9 +406,7 @@ class _Batch:
         # A done job is paid for: if the server forgot it, do not pay again unasked.
         resubmit_unknown = previous is None or previous.state != "done"
         try:
-            return await self._attempts(
-                index, request, wire, fp, attempt, resume_id, resubmit_unknown
-            )
+            return await self._attempts(index, request, fp, attempt, resume_id, resubmit_unknown)
         finally:
             self.processing -= 1
 
@@ -314,7 +414,6 @@ class _Batch:
         self,
         index: int,
         request: Text2ImgRequest,
-        wire: dict[str, Any],
         fp: str,
         attempt: int,
         resume_id: JobId | None,
@@ -339,12 +438,10 @@ class _Batch:
                     resume_id = None
                 else:
                     job_id = None  # a new job: an error of this submit is not the last job's
-                    sent, sent_wire = self._prepare(request, wire, fp, index, attempt)
+                    sent = self._with_track_id(request, fp, index, attempt)
                     ahead = self._write_ahead(index, fp, attempt, sent.track_id)
                     try:
-                        answer = await self.client._submit(
-                            sent, webhook=self.webhook, watch=ahead, wire=sent_wire, job_meta=False
-                        )
+                        answer = await self.client.submit(sent, watch=ahead, webhook=self.webhook)
                     except BaseException as exc:
                         if ahead is not None and not isinstance(exc, ModelsLabError):
                             await ahead.stopped()  # cancelled: take back a surely-unsent record
@@ -398,18 +495,16 @@ class _Batch:
             return None
         return _WriteAhead(self, index, fp, attempt, track_id)
 
-    def _may_resubmit_ambiguous(self) -> bool:
-        return self.client.transport.retry.retry_ambiguous_submits
-
-    def _prepare(
-        self, request: Text2ImgRequest, wire: dict[str, Any], fp: str, index: int, attempt: int
-    ) -> tuple[Text2ImgRequest, dict[str, Any]]:
-        """The request as sent and its body: with a track id derived from the fingerprint,
-        the index and the attempt, unless the user set one."""
+    @staticmethod
+    def _with_track_id(
+        request: Text2ImgRequest, fp: str, index: int, attempt: int
+    ) -> Text2ImgRequest:
+        """The request as sent: with a track id derived from the fingerprint, the index and
+        the attempt, unless the user set one."""
         if request.track_id is not None:
-            return request, wire
+            return request
         track_id = f"mla-{fp[:20]}-{index}" + (f"-r{attempt}" if attempt else "")
-        return attrs.evolve(request, track_id=track_id), {**wire, "track_id": track_id}
+        return attrs.evolve(request, track_id=track_id)
 
     async def _failed(
         self,
@@ -528,61 +623,6 @@ def _resumable(record: ManifestRecord) -> bool:
     return kind in {cls.__name__ for cls in _RESUMABLE}
 
 
-class _Handoff:
-    """Results from the workers to the consumer, one at a time and unbuffered: ``put``
-    returns once the consumer has the result, so a slow consumer holds the workers back
-    instead of letting results pile up. ``get`` returns None once closed and drained.
-    (anyio's zero-buffer memory stream does the same with two more trips round the event
-    loop and an event per item.)"""
-
-    def __init__(self) -> None:
-        self._waiting: deque[tuple[BatchResult, asyncio.Future[None]]] = deque()
-        self._taker: asyncio.Future[BatchResult | None] | None = None
-        self._closed = False
-
-    def _hand(self, item: BatchResult | None) -> bool:
-        taker, self._taker = self._taker, None
-        if taker is not None and not taker.done():
-            taker.set_result(item)
-            return True
-        return False
-
-    async def put(self, item: BatchResult) -> None:
-        if self._hand(item):
-            return
-        waiting = (item, asyncio.get_running_loop().create_future())
-        self._waiting.append(waiting)
-        try:
-            await waiting[1]
-        except BaseException:
-            if not waiting[1].done():
-                waiting[1].cancel()
-                with contextlib.suppress(ValueError):
-                    self._waiting.remove(waiting)
-            raise
-
-    async def get(self) -> BatchResult | None:
-        while self._waiting:
-            item, taken = self._waiting.popleft()
-            if not taken.done():
-                taken.set_result(None)
-                return item
-        if self._closed:
-            return None
-        taker: asyncio.Future[BatchResult | None] = asyncio.get_running_loop().create_future()
-        self._taker = taker
-        try:
-            return await taker
-        finally:
-            if self._taker is taker:
-                self._taker = None
-
-    def close(self) -> None:
-        """No more results: a waiting (or later) ``get`` returns None."""
-        self._closed = True
-        self._hand(None)
-
-
 class _Items:
     """The input, read lazily by the workers: ``(index, item)`` pairs, None at the end.
 
@@ -636,63 +676,16 @@ def _indexed_item(item: Any) -> tuple[int, RequestLike]:
     )
 
 
-async def run_batch(
-    client: Client,
-    requests: Iterable[Any] | AsyncIterable[Any],
-    *,
-    dest: str | os.PathLike[str] | None = None,
-    manifest: str | os.PathLike[str] | None = None,
-    max_in_flight: int | None = None,
-    on_progress: Callable[[BatchProgress], Any] | None = None,
-    retry_failed: bool = False,
-    max_resubmits: int = 2,
-    webhook: WebhookReceiver | None = None,
-    indexed: bool = False,
+def run_batch(
+    client: BatchClient,
+    requests: Iterable[RequestLike | IndexedRequest] | AsyncIterable[RequestLike | IndexedRequest],
+    **options: Unpack[BatchOptions],
 ) -> AsyncIterator[BatchResult]:
-    """The async generator behind ``Client.generate_many`` (see the module docstring).
+    """The async iterator behind ``Client.generate_many`` (see the module docstring).
 
-    The work runs in the client's task group under its own cancel scope; leaving the
-    loop (``break``, an exception, cancellation) cancels it and waits until it stopped.
-    Use ``contextlib.aclosing`` to make that happen at the ``break`` itself rather than
-    when the generator is collected.
+    The options are checked now; the work starts at the first iteration and runs in the
+    client's task group under its own cancel scope. Leaving the loop cancels it; use
+    ``contextlib.aclosing`` to make that happen at the ``break`` itself rather than when
+    the iterator is collected.
     """
-    client._check_open()
-    if max_in_flight is None:
-        limit = client.in_flight_limit + max(2, math.ceil(client.in_flight_limit / 4))
-        if client.limiter.adaptive:
-            limit = 64
-    elif (
-        isinstance(max_in_flight, int)
-        and not isinstance(max_in_flight, bool)
-        and max_in_flight >= 1
-    ):
-        limit = max_in_flight
-    else:
-        from ._errors import ConfigurationError
-
-        raise ConfigurationError(f"max_in_flight: got {max_in_flight!r}, allowed an integer >= 1")
-    batch = _Batch(
-        client,
-        requests,
-        dest=dest,
-        manifest=manifest,
-        limit=limit,
-        on_progress=on_progress,
-        retry_failed=retry_failed,
-        max_resubmits=max_resubmits,
-        webhook=webhook,
-        indexed=indexed,
-    )
-    # No buffer: an item keeps its slot until the consumer has taken its result, so a slow
-    # consumer holds back the input instead of letting results pile up.
-    assert client._tg is not None
-    await client._tg.start(batch.run)
-    try:
-        while (result := await batch.results.get()) is not None:
-            yield result
-        if batch.failure is not None:
-            raise batch.failure
-    finally:
-        batch.cancel()
-        with anyio.CancelScope(shield=True):
-            await batch.stopped.wait()
+    return _Batch(client, requests, options).results()

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
-import math
+import logging
 import os
 import time
 import uuid
-from collections import OrderedDict, deque
-from collections.abc import (
-    AsyncIterable,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterable,
-    Mapping,
-)
+from collections import OrderedDict
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
@@ -26,6 +19,7 @@ import anyio.abc
 import attrs
 
 from . import _constants as C
+from ._batch import BatchOptions, IndexedRequest, RequestLike, run_batch
 from ._convert import coerce_request, request_to_wire
 from ._download import Downloader, DownloadPolicy
 from ._errors import (
@@ -37,126 +31,26 @@ from ._errors import (
 )
 from ._poller import Poller, PollerStats, PollPolicy, _Tracked
 from ._redact import mask
+from ._slots import AdaptiveLimit, Lease, LocalSlots, Slots
 from ._transport import RetryPolicy, SubmitWatch, Timeouts, Transport
-from ._types import GeneratedImage, Generation, Job, Text2ImgRequest
+from ._types import BatchResult, GeneratedImage, Generation, Job, Text2ImgRequest
 from ._webhook import WebhookReceiver
 
 if TYPE_CHECKING:
-    from ._batch import BatchProgress
-    from ._types import BatchResult
+    from typing_extensions import Unpack
+
+__all__ = ["Client", "ClientStats", "MaxInFlight"]
+
+log = logging.getLogger("modelslab_async")
 
 MaxInFlight = int | Literal["auto"]
 
 
-class InFlightLimiter:
-    """Caps jobs submitted and not yet resolved; optionally learns the cap (AIMD).
-
-    With ``adaptive=True`` the limit starts at ``initial`` and grows by one for every
-    ``limit`` submits accepted in a row (additive increase, about +1 per round of jobs);
-    a queue-limit / rate-limit answer halves it (multiplicative decrease, at most once
-    per ``cooldown`` seconds, never below 1). ``limit`` is the current value.
-
-    Slots are handed out first come, first served: a submit waits behind earlier ones.
-    (A counter and a queue of waiters rather than ``anyio.CapacityLimiter``, whose
-    bookkeeping cost more than the rest of a slot's life on a batch's hot path.)
-    """
-
-    def __init__(
-        self,
-        limit: int,
-        *,
-        adaptive: bool = False,
-        maximum: int = 256,
-        cooldown: float = 1.0,
-    ) -> None:
-        self._limit = limit
-        self._holders: set[object] = set()
-        self._waiters: deque[tuple[object, asyncio.Future[None]]] = deque()
-        self.adaptive = adaptive
-        self.maximum = maximum
-        self.cooldown = cooldown
-        self._credit = 0.0
-        self._last_decrease = -math.inf
-        self.decreases = 0
-
-    @property
-    def limit(self) -> int:
-        return self._limit
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._holders)
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
-    def try_acquire(self, token: object) -> bool:
-        """Take a slot for *token* if one is free and nobody waits for one; else False."""
-        if len(self._holders) < self._limit and not self._waiters:
-            self._holders.add(token)
-            return True
-        return False
-
-    async def acquire(self, token: object) -> None:
-        """Take a slot for *token*, waiting behind earlier waiters when none is free."""
-        if self.try_acquire(token):
-            return
-        future = asyncio.get_running_loop().create_future()
-        self._waiters.append((token, future))
-        try:
-            await future
-        except BaseException:
-            if future.done() and not future.cancelled():
-                self.release(token)  # granted, then cancelled before it could run
-            else:
-                future.cancel()
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove((token, future))
-            raise
-
-    def release(self, token: object) -> None:
-        """Give back *token*'s slot (a no-op when it holds none)."""
-        if token in self._holders:
-            self._holders.discard(token)
-            self._grant()
-
-    def _set_limit(self, limit: int) -> None:
-        self._limit = limit
-        self._grant()
-
-    def _grant(self) -> None:
-        waiters = self._waiters
-        while waiters and len(self._holders) < self._limit:
-            token, future = waiters.popleft()
-            if not future.done():
-                self._holders.add(token)
-                future.set_result(None)
-
-    def on_accepted(self) -> None:
-        if not self.adaptive or self.limit >= self.maximum:
-            return
-        self._credit += 1.0 / self.limit
-        if self._credit >= 1.0:
-            self._credit = 0.0
-            self._set_limit(min(self.maximum, self.limit + 1))
-
-    def on_rate_limited(self, wait: float) -> None:
-        if not self.adaptive:
-            return
-        now = time.monotonic()
-        if now - self._last_decrease < max(self.cooldown, wait):
-            return
-        self._last_decrease = now
-        self._credit = 0.0
-        self.decreases += 1
-        self._set_limit(max(1, self.limit // 2))
-
-
 @attrs.frozen
 class ClientStats:
-    """A snapshot: jobs in flight and waiting for a slot, the current limit, poller state,
-    and the calls made (submits, fetches, downloads, retries)."""
+    """A snapshot: jobs in flight and waiting for a slot, the current limit (from the
+    client's :class:`Slots`), poller state, and the calls made (submits, fetches,
+    downloads, retries)."""
 
     in_flight: int
     waiting_for_slot: int
@@ -166,14 +60,41 @@ class ClientStats:
     rate_limit_pauses: int
 
 
+def _slots_for(max_in_flight: MaxInFlight | None, slots: Slots | None) -> Slots:
+    """The client's slots: *slots*, or in-process slots sized by *max_in_flight*."""
+    if slots is not None:
+        if not isinstance(slots, Slots):
+            raise ConfigurationError(
+                f"slots: got a {type(slots).__name__}, allowed a Slots object "
+                "(LocalSlots, RedisSlots, RaySlots) or None"
+            )
+        if max_in_flight not in (None, "auto"):
+            raise ConfigurationError(
+                f"max_in_flight: got {max_in_flight!r} together with slots, allowed None or "
+                "'auto' (the limit is the slots' own: set it where they are made)"
+            )
+        return slots
+    if max_in_flight is None:
+        return LocalSlots(C.DEFAULT_MAX_IN_FLIGHT)
+    if max_in_flight == "auto":
+        return LocalSlots(C.AUTO_INITIAL_IN_FLIGHT)
+    if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
+        raise ConfigurationError(
+            f"max_in_flight: got {max_in_flight!r}, allowed an integer >= 1 or 'auto'"
+        )
+    return LocalSlots(max_in_flight)
+
+
 class Client:
     """An asynchronous ModelsLab text2img client; use it as ``async with Client() as c:``.
 
     ``api_key`` defaults to ``$MODELSLAB_API_KEY`` and ``base_url`` to
-    ``$MODELSLAB_BASE_URL`` or the public API. ``max_in_flight`` caps jobs submitted and
-    not yet resolved (what the account's plan limits); ``"auto"`` learns the cap.
-    ``timeout`` is a :class:`Timeouts` or a number (the total per request). One poller task
-    resolves every processing job (see :class:`PollPolicy`).
+    ``$MODELSLAB_BASE_URL`` or the public API. Every job holds one of the account's
+    queue *slots* from its submit until it resolves: ``max_in_flight`` sizes in-process
+    slots (default 8; ``"auto"`` learns the limit from rate-limit answers), and ``slots``
+    shares them with other processes instead (:class:`Slots`). ``timeout`` is a
+    :class:`Timeouts` or a number (the total per request). One poller task resolves
+    every processing job (see :class:`PollPolicy`).
     """
 
     def __init__(
@@ -181,7 +102,8 @@ class Client:
         api_key: str | None = None,
         *,
         base_url: str | None = None,
-        max_in_flight: MaxInFlight = C.DEFAULT_MAX_IN_FLIGHT,
+        max_in_flight: MaxInFlight | None = None,
+        slots: Slots | None = None,
         max_retries: int = C.DEFAULT_MAX_RETRIES,
         timeout: Timeouts | float | None = None,
         poll: PollPolicy | None = None,
@@ -199,18 +121,8 @@ class Client:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigurationError(f"base_url: got {url!r}, allowed an http(s) URL")
-        if max_in_flight == "auto":
-            limiter = InFlightLimiter(4, adaptive=True)
-        elif (
-            isinstance(max_in_flight, int)
-            and not isinstance(max_in_flight, bool)
-            and max_in_flight >= 1
-        ):
-            limiter = InFlightLimiter(max_in_flight)
-        else:
-            raise ConfigurationError(
-                f"max_in_flight: got {max_in_flight!r}, allowed an integer >= 1 or 'auto'"
-            )
+        self._slots = _slots_for(max_in_flight, slots)
+        self._auto = AdaptiveLimit(self._slots) if max_in_flight == "auto" else None
         if isinstance(timeout, int | float) and not isinstance(timeout, bool):
             timeouts = Timeouts(total=float(timeout))
         elif timeout is None or isinstance(timeout, Timeouts):
@@ -221,57 +133,65 @@ class Client:
         if retry_ambiguous_submits:
             retry = attrs.evolve(retry, retry_ambiguous_submits=True)
         self.base_url = url.rstrip("/")
-        self._limiter = limiter
         self._transport = Transport(
             api_key=key,
             base_url=self.base_url,
             timeouts=timeouts,
             retry=retry,
-            on_rate_limit=limiter.on_rate_limited,
+            on_rate_limit=self._on_rate_limit,
         )
         self.poll_policy = poll or PollPolicy()
         self._poller = Poller(self._fetch_for_poller, self.poll_policy)
         self._downloader = Downloader(self._transport, download)
+        self._leases: set[Lease] = set()
         self._finished: OrderedDict[JobId, _Tracked] = OrderedDict()
-        self._tg: anyio.abc.TaskGroup | None = None
         self._state: Literal["new", "open", "closed"] = "new"
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._exit: contextlib.AsyncExitStack | None = None
         self._webhook = webhook
 
     def __repr__(self) -> str:
+        shared = (
+            "" if isinstance(self._slots, LocalSlots) else f", slots={type(self._slots).__name__}"
+        )
         return (
             f"Client(base_url={self.base_url!r}, api_key={mask(self._transport._key)}, "
-            f"max_in_flight={self._limiter.limit}{' (auto)' if self._limiter.adaptive else ''})"
+            f"max_in_flight={self._slots.limit}{' (auto)' if self._auto else ''}{shared})"
         )
 
     # --- lifetime ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Client:
+        """Open the HTTP session and the slots, start the poller (and the lease renewal)."""
         if self._state != "new":
             raise ClientStateError(f"a client can be entered once (it is {self._state})")
-        await self._transport.__aenter__()
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
         self._state = "open"
         try:
-            await tg.start(self._poller.run)
-        except BaseException as exc:
-            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            async with contextlib.AsyncExitStack() as stack:
+                await stack.enter_async_context(self._transport)
+                await stack.enter_async_context(self._slots)
+                tg = await stack.enter_async_context(anyio.create_task_group())
+                stack.callback(tg.cancel_scope.cancel)  # closing stops the tasks first
+                self._tg = tg
+                await tg.start(self._poller.run)
+                interval = self._slots.renew_interval
+                if interval is not None:
+                    tg.start_soon(self._renew_leases, interval)
+                self._exit = stack.pop_all()
+        except BaseException:
+            self._state, self._tg = "closed", None
             raise
         return self
 
-    async def __aexit__(self, *exc_info: Any) -> bool | None:
-        tg, self._tg = self._tg, None
-        self._state = "closed"
-        try:
-            if tg is not None:
-                tg.cancel_scope.cancel()
-                # Not *exc_info: the body's own exception must propagate as itself, not
-                # wrapped in an ExceptionGroup by the task group.
-                await tg.__aexit__(None, None, None)
-        finally:
-            await self._transport.__aexit__(*exc_info)
-        return None
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Stop the poller (a ``wait`` still pending raises :class:`ClientStateError`),
+        then close the slots and the HTTP session."""
+        self._state, self._tg = "closed", None
+        stack, self._exit = self._exit, None
+        if stack is not None:
+            # Not exc_info: the body's own exception must propagate as itself, not wrapped
+            # in an ExceptionGroup by the task group.
+            await stack.aclose()
 
     def _check_open(self) -> None:
         if self._state != "open":
@@ -281,19 +201,30 @@ class Client:
                 else "the client is closed"
             )
 
+    def _task_group(self) -> anyio.abc.TaskGroup:
+        self._check_open()
+        assert self._tg is not None  # open: entered
+        return self._tg
+
     # --- properties -------------------------------------------------------------------------
 
     @property
     def in_flight_limit(self) -> int:
         """The current cap on jobs in flight (learned when ``max_in_flight="auto"``)."""
-        return self._limiter.limit
+        return self._slots.limit
+
+    @property
+    def slots(self) -> Slots:
+        """The slots every job of this client holds one of while it runs."""
+        return self._slots
 
     def statistics(self) -> ClientStats:
         """Counters for progress bars and benchmarks."""
+        slots = self._slots.statistics()
         return ClientStats(
-            in_flight=self._limiter.in_flight,
-            waiting_for_slot=self._limiter.waiting,
-            in_flight_limit=self._limiter.limit,
+            in_flight=slots.held_here,
+            waiting_for_slot=slots.waiting,
+            in_flight_limit=slots.limit,
             poller=self._poller.statistics(),
             calls=dict(self._transport.counters),
             rate_limit_pauses=self._transport.gate.pauses,
@@ -306,82 +237,100 @@ class Client:
     ) -> Job | Generation:
         """Submit one request: a :class:`Job` (processing) or a finished :class:`Generation`.
 
-        Waits for an in-flight slot first; the slot is held until the job resolves. A
-        processing job is tracked by the poller from here on. Raises
-        :class:`RequestValidationError` before any network call on bad input.
+        Waits for a slot first; the slot is held until the job resolves. A processing job
+        is tracked by the poller from here on. Raises :class:`RequestValidationError`
+        before any network call on bad input.
         """
-        req = coerce_request(request, fields)
-        return await self._submit(req)
+        return await self._submit(coerce_request(request, fields))
 
     async def _submit(
         self,
-        req: Text2ImgRequest,
+        request: Text2ImgRequest,
         *,
-        webhook: WebhookReceiver | None = None,
         watch: SubmitWatch | None = None,
-        wire: dict[str, Any] | None = None,
+        webhook: WebhookReceiver | None = None,
         job_meta: bool = True,
     ) -> Job | Generation:
-        """*wire*, when given, is ``request_to_wire(req)`` already made by the caller;
-        ``job_meta=False``: the caller never shows the :class:`Job`, so its ``meta`` is not
-        built (``generate_many``: only the finished generation, with its own meta, is)."""
+        """:meth:`submit`; *watch* is told about each attempt (the batch's write-ahead
+        record), *webhook* overrides the client's receiver, ``job_meta=False`` leaves the
+        processing answer's ``meta`` out of the :class:`Job` (for a caller that never
+        shows the job)."""
         self._check_open()
-        if wire is None:
-            wire = request_to_wire(req)
+        lease = await self._slots.acquire()
+        self._leases.add(lease)
         receiver = webhook if webhook is not None else self._webhook
-        if receiver is not None and req.webhook is None:
-            track_id = req.track_id if req.track_id is not None else f"mla-{uuid.uuid4().hex}"
-            req = attrs.evolve(req, webhook=receiver.url, track_id=track_id)
-            wire = {**wire, "webhook": receiver.url, "track_id": track_id}
-            receiver.pending(track_id)
-        else:
+        if receiver is None or request.webhook is not None:
             receiver = None
-        token = object()
-        if not self._limiter.try_acquire(token):  # (no coroutine when a slot is free)
-            await self._limiter.acquire(token)
         try:
-            answer = await self._transport.submit(req, wire, watch=watch, job_meta=job_meta)
+            self._check_open()  # it may have closed while this submit waited for a slot
+            if receiver is not None:
+                track_id = request.track_id
+                if track_id is None:
+                    track_id = f"mla-{uuid.uuid4().hex}"
+                request = attrs.evolve(request, webhook=receiver.url, track_id=track_id)
+                receiver.pending(track_id)
+            wire = request_to_wire(request)
+            answer = await self._transport.submit(request, wire, watch=watch, job_meta=job_meta)
         except BaseException:
-            self._limiter.release(token)
-            if receiver is not None:
-                receiver.forget(req.track_id or "")
+            with anyio.CancelScope(shield=True):
+                await self._release(lease)
+            if receiver is not None and request.track_id is not None:
+                receiver.forget(request.track_id)
             raise
-        self._limiter.on_accepted()
+        if self._auto is not None:
+            await self._auto.accepted()
         if isinstance(answer, Generation):
-            self._limiter.release(token)
-            if receiver is not None:
-                receiver.forget(req.track_id or "")
+            await self._release(lease)
+            if receiver is not None and request.track_id is not None:
+                receiver.forget(request.track_id)
             return answer
         first_check = None
         if receiver is not None:
             first_check = max(0.0, answer.eta) + self.poll_policy.webhook_grace
         self._poller.track(
             answer,
-            on_resolved=self._releaser(token, receiver, req.track_id),
+            on_resolved=functools.partial(self._job_resolved, lease, receiver, request.track_id),
             first_check=first_check,
         )
-        if receiver is not None and req.track_id is not None:
-            # (A partial: a lambda here would make a cell of self on every submit.)
-            receiver.expect(req.track_id, functools.partial(self._poller.wake, answer.id))
+        if receiver is not None and request.track_id is not None:
+            receiver.expect(request.track_id, functools.partial(self._poller.wake, answer.id))
         return answer
 
-    def _releaser(
-        self, token: object, receiver: WebhookReceiver | None, track_id: str | int | None
-    ) -> Callable[[_Tracked], None]:
-        # A partial, not a closure: one object per job instead of a function and its cells.
-        return functools.partial(self._release, token, receiver, track_id)
-
-    def _release(
+    async def _job_resolved(
         self,
-        token: object,
+        lease: Lease,
         receiver: WebhookReceiver | None,
         track_id: str | int | None,
         entry: _Tracked,
     ) -> None:
-        self._limiter.release(token)
+        """A submitted job resolved (or nobody waits for it any more): free its slot."""
         if receiver is not None and track_id is not None:
             receiver.forget(track_id)
         self._keep_finished(entry)
+        await self._release(lease)
+
+    async def _release(self, lease: Lease) -> None:
+        self._leases.discard(lease)
+        try:
+            await self._slots.release(lease)
+        except Exception as exc:  # the slot comes back when its lease expires
+            log.warning("could not release a slot: %s", exc)
+
+    async def _renew_leases(self, interval: float) -> None:
+        """Renew the leases of every job in flight each *interval* seconds, so that slots
+        shared with other processes stay ours while our jobs run."""
+        while True:
+            await anyio.sleep(interval)
+            if self._leases:
+                try:
+                    await self._slots.renew(tuple(self._leases))
+                except Exception as exc:
+                    log.warning("could not renew %d slot leases: %s", len(self._leases), exc)
+
+    def _on_rate_limit(self, retry_after: float) -> None:
+        """A submit was refused for a rate or queue limit: a learned limit backs off."""
+        if self._auto is not None and self._tg is not None:
+            self._tg.start_soon(self._auto.rate_limited, retry_after)
 
     async def webhooks(
         self,
@@ -397,31 +346,34 @@ class Client:
         client; *public_url* is where the API can reach it (default: the local URL).
         Every later submit of this client sends ``webhook`` and a unique ``track_id``.
         """
-        self._check_open()
-        assert self._tg is not None
+        tg = self._task_group()
         receiver = WebhookReceiver()
-        await receiver.serve(self._tg, host=host, port=port, path=path, public_url=public_url)
+        await receiver.serve(tg, host=host, port=port, path=path, public_url=public_url)
         self._webhook = receiver
         return receiver
 
     def _keep_finished(self, entry: _Tracked) -> None:
+        """Remember a resolved job nobody waited for, for a later :meth:`wait`."""
         if entry.resolved and entry.waiters == 0:
             self._finished[entry.job_id] = entry
-            while len(self._finished) > 4096:
+            while len(self._finished) > C.FINISHED_JOBS_KEPT:
                 self._finished.popitem(last=False)
+
+    async def _remember(self, entry: _Tracked) -> None:
+        self._keep_finished(entry)
 
     async def wait(self, job: Job | Generation, *, timeout: float | None = None) -> Generation:
         """Wait until *job* resolves; a :class:`Generation` is returned as is.
 
-        Raises :class:`GenerationFailed` if the job failed and :class:`GenerationTimeout`
-        after *timeout* seconds (the job goes on and can be fetched later by id).
-        Cancelling one waiter leaves every other job alone.
+        Raises :class:`GenerationFailed` if the job failed, :class:`GenerationTimeout`
+        after *timeout* seconds (the job goes on and can be fetched later by id), and
+        :class:`ClientStateError` if the client closes first. Cancelling one waiter leaves
+        every other job alone.
         """
         self._check_open()
         if isinstance(job, Generation):
             return job
-        done = self._finished.pop(job.id, None)
-        entry = done or self._poller._tracked.get(job.id) or self._poller.track(job)
+        entry = self._finished.pop(job.id, None) or self._poller.track(job)
         return await self._poller.wait(entry, timeout)
 
     async def fetch(self, job_id: JobId) -> Job | Generation:
@@ -439,7 +391,7 @@ class Client:
         answer = await self.fetch(job_id)
         if isinstance(answer, Job):
             answer = attrs.evolve(answer, request=request)
-            self._poller.track(answer, on_resolved=self._keep_finished)
+            self._poller.track(answer, on_resolved=self._remember)
         elif request is not None:
             answer = attrs.evolve(answer, request=request)
         return answer
@@ -490,70 +442,75 @@ class Client:
 
     def generate_many(
         self,
-        requests: Iterable[Text2ImgRequest | Mapping[str, Any] | str | tuple[int, Any]]
-        | AsyncIterable[Text2ImgRequest | Mapping[str, Any] | str | tuple[int, Any]],
-        *,
-        dest: str | os.PathLike[str] | None = None,
-        manifest: str | os.PathLike[str] | None = None,
-        max_in_flight: int | None = None,
-        on_progress: Callable[[BatchProgress], Any] | None = None,
-        retry_failed: bool = False,
-        max_resubmits: int = 2,
-        webhook: WebhookReceiver | None = None,
-        indexed: bool = False,
+        requests: Iterable[RequestLike | IndexedRequest]
+        | AsyncIterable[RequestLike | IndexedRequest],
+        **options: Unpack[BatchOptions],
     ) -> AsyncIterator[BatchResult]:
         """Generate many requests concurrently; yields a :class:`BatchResult` per item as it
         completes (not in input order: ``result.index`` is the input position).
 
         *requests*: any iterable or async iterable of requests, field mappings or prompt
-        strings, read lazily (an item is taken only when a slot is free). *dest*: folder
-        for the images (None: bytes in ``result.generation.images``). *manifest*: a JSONL
-        file; rerunning with it skips done items, resumes submitted ones by job id and
-        retries failed ones only with *retry_failed*. *max_in_flight*: items in progress
-        (default: the client's limit plus room for downloads). *on_progress*: called with
-        a :class:`BatchProgress` on every change. *max_resubmits*: resubmissions of a job
-        that failed with the API's transient "Failed, Try Again". *webhook*: a
-        :class:`WebhookReceiver` to be told when jobs finish. *indexed*: each item is an
-        ``(index, request)`` pair, and results and manifest records carry that index
-        instead of the item's position (indices unique, >= 0, gaps allowed): a caller that
-        resumes part of a larger job, such as a dataset skipping its finished shards,
-        feeds only the items it still needs under their own indices.
+        strings, read lazily (an item is taken only when a slot is free). *options*: see
+        :class:`BatchOptions` (``dest``, ``manifest``, ``max_in_flight``, ``on_progress``,
+        ``retry_failed``, ``max_resubmits``, ``webhook``, ``indexed``: items as ``(index,
+        request)`` pairs); they are checked at this call.
 
         One item's failure is reported on its result and never stops the batch. Leaving
         the loop early cancels the rest; wrap the call in ``contextlib.aclosing`` for that
         to happen at once.
         """
-        from ._batch import run_batch
-
-        return run_batch(
-            self,
-            requests,
-            dest=dest,
-            manifest=manifest,
-            max_in_flight=max_in_flight,
-            on_progress=on_progress,
-            retry_failed=retry_failed,
-            max_resubmits=max_resubmits,
-            webhook=webhook,
-            indexed=indexed,
-        )
+        return run_batch(_BatchView(self), requests, **options)
 
     # --- internals --------------------------------------------------------------------------
 
-    def _fetch_for_poller(self, job_id: JobId, job: Job) -> Awaitable[Job | Generation]:
-        return self._transport.fetch(job_id, job.request)
+    async def _fetch_for_poller(self, job_id: JobId, job: Job) -> Job | Generation:
+        return await self._transport.fetch(job_id, job.request)
 
     @property
     def transport(self) -> Transport:
         return self._transport
 
     @property
-    def limiter(self) -> InFlightLimiter:
-        return self._limiter
-
-    @property
     def poller(self) -> Poller:
         return self._poller
 
 
-__all__ = ["Client", "ClientStats", "InFlightLimiter"]
+class _BatchView:
+    """The client as the batch engine sees it (:class:`~._batch.BatchClient`)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @property
+    def in_flight_limit(self) -> int:
+        return self._client.in_flight_limit
+
+    @property
+    def learns_limit(self) -> bool:
+        return self._client._auto is not None
+
+    @property
+    def retry_ambiguous_submits(self) -> bool:
+        return self._client._transport.retry.retry_ambiguous_submits
+
+    def task_group(self) -> anyio.abc.TaskGroup:
+        return self._client._task_group()
+
+    async def submit(
+        self,
+        request: Text2ImgRequest,
+        *,
+        watch: SubmitWatch | None,
+        webhook: WebhookReceiver | None,
+    ) -> Job | Generation:
+        # The batch yields the finished generation (with its own meta), never the Job.
+        return await self._client._submit(request, watch=watch, webhook=webhook, job_meta=False)
+
+    async def wait(self, job: Job | Generation) -> Generation:
+        return await self._client.wait(job)
+
+    async def resume(self, job_id: JobId, *, request: Text2ImgRequest) -> Job | Generation:
+        return await self._client.resume(job_id, request=request)
+
+    async def download(self, generation: Generation, dest: Path | None) -> list[GeneratedImage]:
+        return await self._client.download(generation, dest)

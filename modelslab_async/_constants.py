@@ -27,6 +27,11 @@ DEFAULT_POOL_LIMIT_PER_HOST = 64
 
 # Client.
 DEFAULT_MAX_IN_FLIGHT = 8
+AUTO_INITIAL_IN_FLIGHT = 4  # max_in_flight="auto": the limit it starts from,
+AUTO_MAX_IN_FLIGHT = 256  # the most it grows to,
+AUTO_DECREASE_COOLDOWN = 1.0  # and the fewest seconds between two halvings.
+AUTO_BATCH_WIDTH = 64  # generate_many's items in progress when the limit is learned
+FINISHED_JOBS_KEPT = 4096  # resolved jobs a client remembers for a late wait()
 
 # Downloads.
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024

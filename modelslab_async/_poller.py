@@ -1,106 +1,148 @@
 """The single poller: one coroutine resolves every ``processing`` job of a client.
 
 It keeps a deadline heap of tracked jobs. Each job's checks follow a schedule of offsets
-from its *anchor* (answer time + the API's ``eta``). The schedule is learned online: the
-poller records, for every job it resolves, the interval in which the job became ready
-(between its last ``processing`` answer and its ``success``), relative to the anchor, in a
-per-``eta`` bucket. From that distribution it computes, by dynamic programming on a 50 ms
-grid, the check times minimising
+from its *anchor* (answer time + the API's ``eta``), learned online from the jobs it
+resolves (see :mod:`._schedule`). A ``processing`` answer with a new eta re-anchors the
+job when it moves the expected ready time past the schedule. Once the schedule is used
+up, checks back off from ``initial_backoff`` by ``backoff_factor`` to ``max_backoff``,
+with jitter. A job past ``max_wait`` is resolved with :class:`GenerationTimeout`.
 
-    expected fetches + expected lag / fetch_cost
-
-with no gap longer than ``max_gap`` where the distribution has mass, so most checks fall
-where jobs actually finish. Before enough jobs were seen a prior spread around the eta is
-used. A ``processing`` answer with a new eta re-anchors the job when it moves the expected
-ready time past the schedule. Once the schedule is used up, checks back off from
-``initial_backoff`` by ``backoff_factor`` to ``max_backoff``, with jitter.
-
-Due jobs are fetched concurrently by at most ``fetch_concurrency`` worker tasks in the
-poller's task group; a worker with nothing to do waits for the next due job instead of
-ending, so the poller starts few tasks. There is no task per waiting job and no busy loop.
+Due jobs go to at most ``fetch_concurrency`` worker tasks in the poller's task group,
+through a memory object stream; a worker with nothing to do waits for the next due job
+instead of ending, so the poller starts few tasks. There is no task per waiting job and
+no busy loop. When the poller stops (its client closes), every job still tracked is
+resolved with :class:`ClientStateError`, so no waiter is left hanging.
 """
 
 from __future__ import annotations
 
-import asyncio
-import bisect
 import heapq
 import itertools
 import logging
 import math
-import operator
 import random
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
+import anyio.abc
 import attrs
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._errors import (
     APIError,
     AuthenticationError,
     BadRequestError,
+    ClientStateError,
     ConfigurationError,
     GenerationFailed,
     GenerationTimeout,
     JobId,
     ModelsLabError,
 )
+from ._schedule import FIRST_REFRESH, REFRESH, SUBMIT, ScheduleModel
 from ._types import Generation, Job
+
+__all__ = ["PollPolicy", "Poller", "PollerStats"]
 
 log = logging.getLogger("modelslab_async")
 
-_GRID = 0.05  # seconds
+
+def _in_range(
+    low: float,
+    high: float = math.inf,
+    *,
+    above: bool = False,
+    integer: bool = False,
+    optional: bool = False,
+) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    """An attrs validator: a finite number (an integer with *integer*) from *low* (or
+    above it, with *above*) to *high*, or None with *optional*."""
+    kind = "an integer" if integer else "a number"
+    if high < math.inf:
+        allowed = f"{kind} in {low:g}..{high:g}"
+    else:
+        allowed = f"{kind} {'>' if above else '>='} {low:g}"
+    if optional:
+        allowed += " or None"
+    types = int if integer else (int, float)
+
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is None and optional:
+            return
+        ok = (
+            isinstance(value, types)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and (value > low if above else value >= low)
+            and value <= high
+        )
+        if not ok:
+            raise ConfigurationError(
+                f"PollPolicy.{attribute.name}: got {value!r}, allowed {allowed}"
+            )
+
+    return check
 
 
-def _positive(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
-    if value is None and attr.name in ("max_wait", "max_gap"):
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ConfigurationError(f"PollPolicy.{attr.name}: got {value!r}, allowed a number >= 0")
+def _boolean(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(
+            f"PollPolicy.{attribute.name}: got {value!r}, allowed True or False"
+        )
 
 
 @attrs.frozen(kw_only=True)
 class PollPolicy:
-    """When the poller checks a processing job.
+    """When the poller checks a processing job. Every field is checked at construction
+    (:class:`ConfigurationError` names the field and its allowed range).
 
-    - ``fetch_cost``: seconds of result lag one fetch call is worth; lower = more checks
-      and less lag. ``relative_cost`` caps it at that share of the typical wait, for jobs
-      of a fraction of a second (0 turns the cap off). ``max_gap``: the longest gap
-      between two checks where jobs are expected to finish (None: no cap). They shape the
-      learned schedule.
-    - ``lead``: with no history yet, how much before ``eta`` the prior schedule may start.
-    - ``initial_backoff``, ``backoff_factor``, ``max_backoff``, ``jitter``: the checks after
-      the schedule is used up (a job later than every job seen so far).
-    - ``max_wait``: per-job limit in seconds (None: none); past it ``wait`` raises
-      :class:`GenerationTimeout`, and the job can still be fetched by id.
-    - ``fetch_concurrency``: fetch calls in flight at once. ``max_fetch_errors``:
-      consecutive failed fetches (after the transport's own retries) before the job fails.
+    - ``fetch_cost`` (> 0): seconds of result lag one fetch call is worth; lower = more
+      checks and less lag. ``relative_cost`` (>= 0) caps it at that share of the typical
+      wait, for jobs of a fraction of a second (0 turns the cap off). ``max_gap`` (> 0 or
+      None): the longest gap between two checks where jobs are expected to finish (None:
+      no cap). They shape the learned schedule.
+    - ``lead`` (>= 0): with no history yet, how much before ``eta`` the prior schedule may
+      start.
+    - ``initial_backoff`` (> 0), ``backoff_factor`` (>= 1), ``max_backoff`` (> 0),
+      ``jitter`` (0..1): the checks after the schedule is used up (a job later than every
+      job seen so far).
+    - ``max_wait`` (> 0 or None): per-job limit in seconds (None: none); past it ``wait``
+      raises :class:`GenerationTimeout`, and the job can still be fetched by id.
+    - ``fetch_concurrency`` (>= 1): fetch calls in flight at once. ``max_fetch_errors``
+      (>= 1): consecutive failed fetches (after the transport's own retries) before the job
+      fails.
     - ``learn``: learn the schedule from resolved jobs (False: prior + backoff only).
-      ``explore``: the share of jobs given one extra, earlier check, so that the schedule
-      keeps seeing how early jobs can finish.
-    - ``webhook_grace``: for a job whose completion a webhook announces, the first check
-      (the safety net for a lost webhook) comes ``eta + webhook_grace`` seconds after submit.
+      ``min_samples`` (>= 1): resolved jobs an eta bucket needs before its own schedule
+      is used; ``history`` (>= 1): jobs kept per bucket. ``explore`` (0..1): the share of
+      jobs given one extra, earlier check, so that the schedule keeps seeing how early
+      jobs can finish.
+    - ``webhook_grace`` (>= 0): for a job whose completion a webhook announces, the first
+      check (the safety net for a lost webhook) comes ``eta + webhook_grace`` seconds after
+      submit.
     """
 
-    fetch_cost: float = attrs.field(default=0.2, validator=_positive)
-    max_gap: float | None = attrs.field(default=0.45, validator=_positive)
-    lead: float = attrs.field(default=1.0, validator=_positive)
-    initial_backoff: float = attrs.field(default=0.25, validator=_positive)
-    backoff_factor: float = attrs.field(default=1.5, validator=_positive)
-    max_backoff: float = attrs.field(default=3.0, validator=_positive)
-    jitter: float = attrs.field(default=0.1, validator=_positive)
-    max_wait: float | None = attrs.field(default=1800.0, validator=_positive)
-    webhook_grace: float = attrs.field(default=3.0, validator=_positive)
-    fetch_concurrency: int = attrs.field(default=32, validator=_positive)
-    max_fetch_errors: int = attrs.field(default=8, validator=_positive)
-    min_samples: int = attrs.field(default=24, validator=_positive)
-    history: int = attrs.field(default=400, validator=_positive)
-    learn: bool = True
-    explore: float = attrs.field(default=0.1, validator=_positive)
-    relative_cost: float = attrs.field(default=0.25, validator=_positive)
+    fetch_cost: float = attrs.field(default=0.2, validator=_in_range(0, above=True))
+    max_gap: float | None = attrs.field(
+        default=0.45, validator=_in_range(0, above=True, optional=True)
+    )
+    lead: float = attrs.field(default=1.0, validator=_in_range(0))
+    initial_backoff: float = attrs.field(default=0.25, validator=_in_range(0, above=True))
+    backoff_factor: float = attrs.field(default=1.5, validator=_in_range(1))
+    max_backoff: float = attrs.field(default=3.0, validator=_in_range(0, above=True))
+    jitter: float = attrs.field(default=0.1, validator=_in_range(0, 1))
+    max_wait: float | None = attrs.field(
+        default=1800.0, validator=_in_range(0, above=True, optional=True)
+    )
+    webhook_grace: float = attrs.field(default=3.0, validator=_in_range(0))
+    fetch_concurrency: int = attrs.field(default=32, validator=_in_range(1, integer=True))
+    max_fetch_errors: int = attrs.field(default=8, validator=_in_range(1, integer=True))
+    min_samples: int = attrs.field(default=24, validator=_in_range(1, integer=True))
+    history: int = attrs.field(default=400, validator=_in_range(1, integer=True))
+    learn: bool = attrs.field(default=True, validator=_boolean)
+    explore: float = attrs.field(default=0.1, validator=_in_range(0, 1))
+    relative_cost: float = attrs.field(default=0.25, validator=_in_range(0))
 
     @classmethod
     def frugal(cls, **changes: Any) -> PollPolicy:
@@ -121,273 +163,6 @@ class PollPolicy:
         return attrs.evolve(cls(fetch_cost=0.05, max_gap=0.25), **changes)
 
 
-# --- the learned schedule -------------------------------------------------------------------
-
-_BUCKET_EDGES = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144)
-_LONG = 10.0  # seconds of eta above which an unlearned schedule re-plans on fresh etas
-
-
-def _bucket(eta: float) -> int:
-    return bisect.bisect_left(_BUCKET_EDGES, max(0.0, eta))
-
-
-def _prior_intervals(
-    eta: float, lead: float, early: float = 0.4, late: float = 0.5
-) -> list[tuple[float, float]]:
-    """A flat prior over [-(lead + early*eta), +(1 + late*eta)] around the anchor."""
-    lo = -(lead + early * eta)
-    hi = 1.0 + late * eta
-    n = 40
-    step = (hi - lo) / n
-    return [(lo + i * step, lo + (i + 1) * step) for i in range(n)]
-
-
-def _scale(eta_from: float, eta_to: float) -> float:
-    """How a ready-offset spread observed at one eta stretches to another (~sqrt)."""
-    return math.sqrt((max(0.0, eta_to) + 1.0) / (max(0.0, eta_from) + 1.0))
-
-
-def _density(
-    intervals: Sequence[tuple[float, float]], lo: float, step: float, n: int, rounds: int = 4
-) -> list[float]:
-    """Mass on the grid from interval-censored samples (self-consistent / Turnbull EM).
-
-    A sample (a, b] says only that the job became ready somewhere in it; its mass is
-    spread in proportion to the current estimate inside the interval, so a few wide
-    intervals (jobs already ready at their first check) follow the shape the narrow ones
-    show instead of smearing mass evenly.
-    """
-    # Samples on the same grid cells weigh alike: the EM runs over distinct spans, each
-    # with its count (a history of hundreds of jobs falls on a few dozen of them).
-    spans: dict[tuple[int, int], int] = {}
-    top = n - 1
-    ceil, floor = math.ceil, math.floor
-    for a, b in intervals:
-        # (a, b] is open on the left: a check at a found the job not ready.
-        i1 = ceil((b - lo) / step - 1e-9)
-        i1 = 0 if i1 < 0 else top if i1 > top else i1
-        if b > a:
-            i0 = floor((a - lo) / step + 1e-9) + 1
-            i0 = 0 if i0 < 0 else i1 if i0 > i1 else i0
-        else:
-            i0 = i1
-        spans[i0, i1] = spans.get((i0, i1), 0) + 1
-    weight = 1.0 / len(intervals)
-    mass = [0.0] * n
-    # Start from the narrow intervals alone: the wide ones then follow their shape.
-    narrow = max(2, int(1.0 / step))
-    seeds = {span: k for span, k in spans.items() if span[1] - span[0] <= narrow} or spans
-    for (i0, i1), k in seeds.items():
-        share = k / (i1 - i0 + 1)
-        for i in range(i0, i1 + 1):
-            mass[i] += share
-    if len(seeds) == len(spans):
-        return [m * weight for m in mass]
-    for _ in range(rounds):
-        new = [0.0] * n
-        for (i0, i1), k in spans.items():
-            w = weight * k
-            if i0 == i1:
-                new[i0] += w
-                continue
-            seg = mass[i0 : i1 + 1]
-            total = sum(seg)
-            if total <= 0:
-                share = w / (i1 - i0 + 1)
-                for i in range(i0, i1 + 1):
-                    new[i] += share
-            else:
-                scale = w / total
-                for j, m in enumerate(seg):
-                    new[i0 + j] += m * scale
-        mass = new
-    return mass
-
-
-def optimal_offsets(
-    intervals: Sequence[tuple[float, float]],
-    *,
-    fetch_cost: float,
-    max_gap: float | None,
-    tail: float = 0.005,
-) -> list[float]:
-    """Check offsets minimising E[fetches] + E[lag]/fetch_cost over interval-censored samples.
-
-    No gap between checks is longer than ``max_gap`` where mass lies; the first check
-    may leave up to ``tail`` of the mass waiting longer than ``max_gap``.
-    """
-    if not intervals:
-        return []
-    lo = min(intervals)[0]
-    hi = max(map(operator.itemgetter(1), intervals))
-    span = max(hi - lo, _GRID)
-    step = max(_GRID, span / 400)
-    n = math.ceil(span / step) + 1
-    xs = [lo + i * step for i in range(n)]
-    mass = _density(intervals, lo, step, n)
-    cum_p = list(itertools.accumulate(mass))
-    cum_q = list(itertools.accumulate(m * x for m, x in zip(mass, xs, strict=True)))
-    total = cum_p[-1]
-    lam = 1.0 / max(fetch_cost, 1e-6)
-    gap_steps = n if max_gap is None else max(1, int(max_gap / step + 1e-9))
-    inf = float("inf")
-    best = [inf] * n
-    nxt = [-1] * n
-    last = n - 1
-    while last > 0 and mass[last] <= 1e-12:
-        last -= 1
-    best[last] = 0.0
-    for i in range(last - 1, -1, -1):
-        survive = total - cum_p[i]
-        if survive <= 1e-12:
-            best[i] = 0.0
-            continue
-        for j in range(i + 1, min(last, i + gap_steps) + 1):
-            p = cum_p[j] - cum_p[i]
-            lag = xs[j] * p - (cum_q[j] - cum_q[i])
-            cost = survive + lam * lag + best[j]
-            if cost < best[i]:
-                best[i] = cost
-                nxt[i] = j
-    # The first check: any j, as long as little mass waits longer than max_gap before it.
-    first, first_cost = -1, inf
-    for j in range(0, last + 1):
-        if max_gap is not None:
-            k = bisect.bisect_left(xs, xs[j] - max_gap) - 1
-            if k >= 0 and cum_p[k] > tail * total:
-                break
-        lag = xs[j] * cum_p[j] - cum_q[j]
-        cost = total + lam * lag + best[j]
-        if cost < first_cost:
-            first, first_cost = j, cost
-    offsets: list[float] = []
-    j = first
-    while j != -1 and len(offsets) < 10_000:
-        offsets.append(xs[j])
-        if j >= last:
-            break
-        j = nxt[j]
-    return offsets
-
-
-#: The kind of anchor a schedule is for: the submit answer, the first fetch answer, later ones.
-SUBMIT, FIRST_REFRESH, REFRESH = 0, 1, 2
-
-
-class ScheduleModel:
-    """Histories of ready offsets and the schedules computed from them.
-
-    A history is kept per (anchor kind, eta bucket): offsets from a fetch answer's anchor
-    are conditioned on the job not being ready at that fetch, so they are learned apart
-    from offsets from the submit answer. A bucket with too few samples borrows those of
-    the other buckets of its kind, stretched by the square root of the eta ratio; with
-    none at all, a flat prior around the eta is used. An eta over 10 s is checked at three
-    fifths of it and re-planned on the fresh eta.
-    """
-
-    def __init__(self, policy: PollPolicy) -> None:
-        self.policy = policy
-        self._samples: dict[tuple[int, int], deque[tuple[float, float, float]]] = {}
-        self._cache: dict[tuple[int, int], tuple[int, list[float]]] = {}
-        self._prior: dict[tuple[int, int], list[float]] = {}
-        self._added: dict[tuple[int, int], int] = {}
-        self._kind_added: dict[int, int] = {}
-
-    def observe(self, kind: int, eta: float, lo: float, hi: float) -> None:
-        """Record that a job anchored with *eta* became ready between offsets lo and hi."""
-        if not self.policy.learn or not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
-            return
-        key = (kind, _bucket(eta))
-        history = self._samples.get(key)
-        if history is None:
-            history = self._samples[key] = deque(maxlen=self.policy.history)
-        history.append((lo, hi, eta))
-        self._added[key] = self._added.get(key, 0) + 1
-        self._kind_added[kind] = self._kind_added.get(kind, 0) + 1
-
-    def _cost(self, kind: int, history: deque[tuple[float, float, float]]) -> float:
-        """The fetch cost for a bucket: ``fetch_cost``, but at most ``relative_cost`` of the
-        typical wait, so that jobs of a fraction of a second are not left waiting longer
-        than they ran (the lag holds an in-flight slot, which costs throughput)."""
-        policy = self.policy
-        if kind != SUBMIT or policy.relative_cost <= 0:
-            return policy.fetch_cost
-        waits = sorted(hi + eta for _, hi, eta in history)
-        typical = waits[len(waits) // 2]
-        return max(0.005, min(policy.fetch_cost, policy.relative_cost * typical))
-
-    def _pooled(self, kind: int) -> int:
-        """Samples of *kind* in all buckets (a method for the same reason as _borrowed)."""
-        return sum(len(h) for (k, _), h in self._samples.items() if k == kind)
-
-    def _borrowed(self, kind: int, eta: float) -> list[tuple[float, float]]:
-        """Every sample of *kind*, stretched to *eta*. (Apart from :meth:`offsets`, whose
-        every call would otherwise make cells of the names this comprehension reads.)"""
-        return [
-            (lo * f, hi * f)
-            for (k, _), other in self._samples.items()
-            if k == kind
-            for lo, hi, seen in other
-            for f in (_scale(seen, eta),)
-        ]
-
-    @property
-    def total_samples(self) -> int:
-        return sum(len(h) for h in self._samples.values())
-
-    def offsets(self, kind: int, eta: float) -> list[float]:
-        """The check offsets for a job anchored with *eta* (learned, borrowed or prior)."""
-        policy = self.policy
-        if eta > _LONG:
-            # A long wait: check at three fifths of the eta, then re-plan on the fresh eta
-            # that answer brings (the end of the schedule re-anchors the job), so the dense,
-            # learned checks are spent only on the last few seconds, where they pay.
-            return [-0.4 * eta]
-        key = (kind, _bucket(eta))
-        history = self._samples.get(key)
-        if history is not None and len(history) >= policy.min_samples:
-            added = self._added.get(key, 0)
-            cached = self._cache.get(key)
-            if cached is None or added - cached[0] >= max(8, len(history) // 8):
-                intervals = [(lo, hi) for lo, hi, _ in history]
-                offsets = optimal_offsets(
-                    intervals, fetch_cost=self._cost(kind, history), max_gap=policy.max_gap
-                )
-                cached = (added, offsets)
-                self._cache[key] = cached
-            return cached[1]
-        if kind == SUBMIT and self._pooled(kind) >= policy.min_samples:
-            # Re-planned as the kind's history grows (cheaply: every 8 new samples).
-            stamp = self._kind_added.get(kind, 0) // 8
-            cache_key = (kind, 10_000 + round(eta * 4))
-            cached = self._cache.get(cache_key)
-            if cached is None or cached[0] != stamp:
-                offsets = optimal_offsets(
-                    self._borrowed(kind, eta)[-policy.history :],
-                    fetch_cost=policy.fetch_cost,
-                    max_gap=policy.max_gap,
-                )
-                cached = (stamp, offsets)
-                self._cache[cache_key] = cached
-            return cached[1]
-        prior_key = (kind, round(eta * 4))
-        known = self._prior.get(prior_key)
-        if known is None:
-            lead = policy.lead if kind == SUBMIT else policy.lead / 2
-            known = optimal_offsets(
-                _prior_intervals(eta, lead),
-                fetch_cost=policy.fetch_cost,
-                max_gap=policy.max_gap,
-            )
-            self._prior[prior_key] = known
-        return known
-
-
-def _set_done(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 # --- tracked jobs ---------------------------------------------------------------------------
 
 
@@ -395,6 +170,7 @@ def _set_done(future: asyncio.Future[None]) -> None:
 class _Tracked:
     job_id: JobId
     job: Job
+    answered: float  # the poller's clock when the API answered the submit
     anchor: float
     eta: float
     kind: int
@@ -405,7 +181,7 @@ class _Tracked:
     last_check: float
     deadline: float | None
     resolved: bool = False
-    wakers: list[asyncio.Future[None]] = attrs.field(factory=list)  # one per waiter
+    done: anyio.Event | None = None  # made by the first waiter, set when resolved
     result: Generation | None = None
     error: ModelsLabError | None = None
     waiters: int = 0
@@ -416,7 +192,7 @@ class _Tracked:
     in_fetch: bool = False
     wake_pending: bool = False
     hold_until: float | None = None  # a webhook job's safety-net check (a wake keeps it)
-    on_resolved: Callable[[_Tracked], None] | None = None
+    on_resolved: OnResolved | None = None
 
 
 @attrs.frozen
@@ -430,12 +206,16 @@ class PollerStats:
     learned_samples: int
 
 
+Fetch = Callable[[JobId, Job], Coroutine[Any, Any, Job | Generation]]
+OnResolved = Callable[["_Tracked"], Awaitable[None]]
+
+
 class Poller:
     """Resolves processing jobs; run :meth:`run` in the client's task group."""
 
     def __init__(
         self,
-        fetch: Callable[[JobId, Job], Any],
+        fetch: Fetch,
         policy: PollPolicy | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -447,14 +227,11 @@ class Poller:
         self._heap: list[tuple[float, int, int, _Tracked]] = []
         self._seq = itertools.count()
         self._tracked: dict[JobId, _Tracked] = {}
-        self._wakeup: asyncio.Future[None] | None = None
-        self._due: deque[_Tracked] = deque()
+        self._wakeup: anyio.Event | None = None
         self._workers = 0
-        self._parked: list[asyncio.Future[None]] = []  # idle workers, waiting for due jobs
         self._fetching = 0
         self._fetches = 0
         self._resolved = 0
-        self._running = False
 
     # --- public ---------------------------------------------------------------------------
 
@@ -471,11 +248,13 @@ class Poller:
         self,
         job: Job,
         *,
-        on_resolved: Callable[[_Tracked], None] | None = None,
+        on_resolved: OnResolved | None = None,
         first_check: float | None = None,
     ) -> _Tracked:
-        """Start tracking *job* (idempotent per job id); returns its entry.
+        """Start tracking *job*; a job already tracked keeps its entry, which is returned.
 
+        *on_resolved* is awaited once (shielded from cancellation), when the job resolves,
+        after its waiters are woken, or when it stops being tracked (its last waiter left).
         ``first_check`` (seconds from now) overrides the schedule's first check, e.g. for
         webhook jobs whose poll is only a safety net.
         """
@@ -494,10 +273,11 @@ class Poller:
             earliest = max(-max(0.0, job.eta), offsets[0] - reach)
             if earliest < offsets[0]:
                 offsets = [random.uniform(earliest, offsets[0]), *offsets]
-        deadline = None if self.policy.max_wait is None else answered + self.policy.max_wait
+        max_wait = self.policy.max_wait
         entry = _Tracked(
             job_id=job.id,
             job=job,
+            answered=answered,
             anchor=anchor,
             eta=job.eta,
             kind=SUBMIT,
@@ -506,7 +286,7 @@ class Poller:
             first_eta=job.eta,
             next_index=0,
             last_check=answered,
-            deadline=deadline,
+            deadline=None if max_wait is None else answered + max_wait,
             on_resolved=on_resolved,
         )
         self._tracked[job.id] = entry
@@ -518,30 +298,28 @@ class Poller:
         return entry
 
     async def wait(self, entry: _Tracked, timeout: float | None = None) -> Generation:
-        """Wait for *entry* to resolve; raises its error. Cancelling leaves the others be."""
+        """Wait for *entry* to resolve; raises its error, or :class:`GenerationTimeout`
+        after *timeout* seconds. Cancelling one waiter leaves the others be; when the last
+        waiter leaves an unresolved job, the job is no longer tracked."""
         entry.waiters += 1
         try:
             if not entry.resolved:
-                waker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                entry.wakers.append(waker)
-                try:
-                    if timeout is None:
-                        await waker
-                    else:
-                        with anyio.move_on_after(timeout) as scope:
-                            await waker
-                        if scope.cancelled_caught and not entry.resolved:
-                            raise GenerationTimeout(entry.job_id, timeout)
-                finally:
+                if entry.done is None:
+                    entry.done = anyio.Event()
+                if timeout is None:
+                    await entry.done.wait()
+                else:
+                    with anyio.move_on_after(timeout):
+                        await entry.done.wait()
                     if not entry.resolved:
-                        entry.wakers.remove(waker)
+                        raise GenerationTimeout(entry.job_id, timeout)
         finally:
             entry.waiters -= 1
             if not entry.resolved and entry.waiters == 0:
-                self._drop(entry)
+                await self._drop(entry)
         if entry.error is not None:
             raise entry.error
-        assert entry.result is not None  # resolved with a result when no error
+        assert entry.result is not None  # resolved: a result or an error
         return entry.result
 
     def wake(self, job_id: JobId) -> None:
@@ -554,62 +332,77 @@ class Poller:
             return
         self._arm(entry, self._clock())
 
-    def forget(self, job_id: JobId) -> None:
-        """Stop tracking *job_id* (its waiters are woken with a cancellation-free timeout)."""
-        entry = self._tracked.get(job_id)
-        if entry is not None and not entry.resolved:
-            self._drop(entry)
-
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """The poller loop; runs until cancelled (the client's exit cancels it)."""
-        self._running = True
-        loop = asyncio.get_running_loop()
+        """The poller loop; runs until cancelled (the client's exit cancels it). Jobs still
+        tracked then are resolved with :class:`ClientStateError`."""
+        send, receive = anyio.create_memory_object_stream[_Tracked](math.inf)
         try:
-            async with anyio.create_task_group() as tg:
+            async with anyio.create_task_group() as tg, send, receive:
                 task_status.started()
                 while True:
-                    now = self._clock()
-                    while self._heap and self._heap[0][0] <= now:
-                        _, _, version, entry = heapq.heappop(self._heap)
-                        if version != entry.version or entry.resolved or entry.in_fetch:
-                            continue
-                        if entry.deadline is not None and now >= entry.deadline:
-                            waited = now - (entry.deadline - (self.policy.max_wait or 0.0))
-                            self._resolve(entry, error=GenerationTimeout(entry.job_id, waited))
-                            continue
-                        entry.in_fetch = True
-                        self._due.append(entry)
-                        # An idle worker takes it; else a new one, up to fetch_concurrency.
-                        # Workers stay, so a busy poller starts few tasks.
-                        if not self._unpark() and self._workers < self.policy.fetch_concurrency:
-                            self._workers += 1
-                            tg.start_soon(self._worker)
-                    self._wakeup = wakeup = loop.create_future()
-                    timer = None
-                    if self._heap:
-                        timer = loop.call_later(
-                            max(0.0, self._heap[0][0] - self._clock()), _set_done, wakeup
-                        )
-                    try:
-                        await wakeup
-                    finally:
-                        if timer is not None:
-                            timer.cancel()
+                    await self._dispatch_due(tg, send, receive)
+                    self._wakeup = wakeup = anyio.Event()
+                    delay = self._heap[0][0] - self._clock() if self._heap else math.inf
+                    with anyio.move_on_after(delay):
+                        await wakeup.wait()
         finally:
-            self._running = False
+            self._wakeup = None
             for entry in list(self._tracked.values()):
-                if not entry.resolved:
-                    self._drop(entry)
+                await self._resolve(
+                    entry,
+                    error=ClientStateError(
+                        f"the client closed while job {entry.job_id} was still processing "
+                        "(it goes on: fetch or resume it by id with another client)"
+                    ),
+                )
 
     # --- internals ------------------------------------------------------------------------
 
+    async def _dispatch_due(
+        self,
+        tg: anyio.abc.TaskGroup,
+        send: MemoryObjectSendStream[_Tracked],
+        receive: MemoryObjectReceiveStream[_Tracked],
+    ) -> None:
+        """Hand every due job to a worker (an idle one, or a new one up to
+        ``fetch_concurrency``); resolve those past their deadline."""
+        now = self._clock()
+        while self._heap and self._heap[0][0] <= now:
+            _, _, version, entry = heapq.heappop(self._heap)
+            if version != entry.version or entry.resolved or entry.in_fetch:
+                continue
+            if entry.deadline is not None and now >= entry.deadline:
+                waited = now - entry.answered
+                await self._resolve(entry, error=GenerationTimeout(entry.job_id, waited))
+                continue
+            entry.in_fetch = True
+            send.send_nowait(entry)
+            # Still in the buffer: no worker was idle to take it.
+            if (
+                receive.statistics().current_buffer_used
+                and self._workers < self.policy.fetch_concurrency
+            ):
+                self._workers += 1
+                tg.start_soon(self._worker, receive)
+
+    async def _worker(self, receive: MemoryObjectReceiveStream[_Tracked]) -> None:
+        """Check due jobs in the order they fell due; between them, wait idle."""
+        try:
+            async for entry in receive:
+                await self._check(entry)
+        finally:
+            self._workers -= 1
+
     def _arm(self, entry: _Tracked, when: float) -> None:
+        """Schedule *entry*'s next check at *when* (never after its deadline)."""
+        if entry.deadline is not None and when > entry.deadline:
+            when = entry.deadline
         entry.version += 1
         heapq.heappush(self._heap, (when, next(self._seq), entry.version, entry))
         if self._heap[0][3] is entry and self._wakeup is not None:
-            _set_done(self._wakeup)
+            self._wakeup.set()
 
     def _arm_next(self, entry: _Tracked, now: float) -> None:
         """Arm the next scheduled check after *now*, or the next backoff step."""
@@ -620,34 +413,12 @@ class Poller:
         if i < len(offsets):
             entry.next_index = i + 1
             gap = entry.anchor + offsets[i] - now
-            jitter = min(0.02, self.policy.jitter * gap) * random.random()  # uniform(0, ...)
+            jitter = random.uniform(0.0, min(0.02, self.policy.jitter * gap))
             self._arm(entry, now + gap + jitter)
             return
         entry.next_index = len(offsets)
         self._arm_backoff(entry, now)
         entry.backoffs += 1
-
-    def _unpark(self) -> bool:
-        """Wake one idle worker; False if none is idle."""
-        while self._parked:
-            parked = self._parked.pop()
-            if not parked.done():
-                parked.set_result(None)
-                return True
-        return False
-
-    async def _worker(self) -> None:
-        """Check due jobs, oldest first; when none is left, wait idle for more."""
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                while self._due:
-                    await self._check(self._due.popleft())
-                parked = loop.create_future()
-                self._parked.append(parked)
-                await parked
-        finally:
-            self._workers -= 1
 
     async def _check(self, entry: _Tracked) -> None:
         try:
@@ -660,13 +431,13 @@ class Poller:
                 self._fetches += 1
                 answer = await self._fetch(entry.job_id, entry.job)
             except (GenerationFailed, AuthenticationError, BadRequestError) as exc:
-                self._resolve(entry, error=exc)
+                await self._resolve(entry, error=exc)
                 return
             except (APIError, ModelsLabError) as exc:
                 entry.errors += 1
                 log.debug("fetch %s failed (%d): %s", entry.job_id, entry.errors, exc)
                 if entry.errors >= self.policy.max_fetch_errors:
-                    self._resolve(entry, error=exc)
+                    await self._resolve(entry, error=exc)
                 elif not entry.resolved:
                     entry.backoffs += 1
                     self._arm_backoff(entry, self._clock())
@@ -685,7 +456,7 @@ class Poller:
                         entry.last_check - entry.first_anchor,
                         sent - entry.first_anchor,
                     )
-                self._resolve(entry, result=answer)
+                await self._resolve(entry, result=answer)
                 return
             self._on_processing(entry, answer, sent)
         finally:
@@ -721,7 +492,7 @@ class Poller:
             entry.backoffs = 0
         self._arm_next(entry, self._clock())
 
-    def _resolve(
+    async def _resolve(
         self,
         entry: _Tracked,
         *,
@@ -737,17 +508,20 @@ class Poller:
         if self._tracked.get(entry.job_id) is entry:
             del self._tracked[entry.job_id]
         entry.resolved = True
-        for waker in entry.wakers:
-            _set_done(waker)
-        entry.wakers.clear()
-        if entry.on_resolved is not None:
-            entry.on_resolved(entry)
+        if entry.done is not None:
+            entry.done.set()
+        await self._call_back(entry)
 
-    def _drop(self, entry: _Tracked) -> None:
-        """Stop tracking without a result (its last waiter left, or the poller stopped)."""
+    async def _drop(self, entry: _Tracked) -> None:
+        """Stop tracking without a result (its last waiter left)."""
         entry.version += 1
         if self._tracked.get(entry.job_id) is entry:
             del self._tracked[entry.job_id]
-        if entry.on_resolved is not None:
-            callback, entry.on_resolved = entry.on_resolved, None
-            callback(entry)
+        await self._call_back(entry)
+
+    @staticmethod
+    async def _call_back(entry: _Tracked) -> None:
+        callback, entry.on_resolved = entry.on_resolved, None
+        if callback is not None:
+            with anyio.CancelScope(shield=True):  # it frees the job's slot
+                await callback(entry)

@@ -14,13 +14,24 @@ Implementations: :class:`LocalSlots` (this process only, the default),
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import contextlib
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Collection
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
+import anyio
 import attrs
 
-__all__ = ["Lease", "SlotStatistics", "Slots"]
+from . import _constants as C
+from ._errors import ConfigurationError
+
+__all__ = ["AdaptiveLimit", "Lease", "LocalSlots", "SlotStatistics", "Slots"]
+
+log = logging.getLogger("modelslab_async")
 
 
 @attrs.frozen
@@ -98,3 +109,132 @@ class Slots(Protocol):
     def statistics(self) -> SlotStatistics:
         """Counters for progress bars and benchmarks (may be a little stale when shared)."""
         ...
+
+
+def check_limit(limit: object, name: str = "limit") -> int:
+    """*limit* if it is an integer >= 1, else :class:`ConfigurationError` naming *name*."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigurationError(f"{name}: got {limit!r}, allowed an integer >= 1")
+    return limit
+
+
+_lease_numbers = itertools.count()
+
+
+class LocalSlots:
+    """Slots of this process only: the default, sized by ``Client(max_in_flight=...)``.
+
+    An :class:`anyio.CapacityLimiter` whose borrowers are the leases: waiters are served
+    first come, first served, a cancelled acquire leaves no slot taken, and
+    :meth:`set_limit` writes the limiter's ``total_tokens`` (a raised limit wakes waiters
+    at once, a lowered one lets holders keep their slots). Leases never expire
+    (``renew_interval`` is None). One object may be shared by several clients of the
+    process, which then share its limit.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limiter = anyio.CapacityLimiter(check_limit(limit))
+
+    def __repr__(self) -> str:
+        return f"LocalSlots(limit={self.limit})"
+
+    @property
+    def limit(self) -> int:
+        return int(self._limiter.total_tokens)
+
+    @property
+    def renew_interval(self) -> None:
+        return None
+
+    async def __aenter__(self) -> LocalSlots:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    async def acquire(self) -> Lease:
+        lease = Lease(f"local-{next(_lease_numbers)}")
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(lease)  # a slot is free, nobody waits
+        except anyio.WouldBlock:
+            await self._limiter.acquire_on_behalf_of(lease)
+        return lease
+
+    async def release(self, lease: Lease) -> None:
+        with contextlib.suppress(RuntimeError):  # not held (released twice): nothing to do
+            self._limiter.release_on_behalf_of(lease)
+
+    async def renew(self, leases: Collection[Lease]) -> None:
+        return None
+
+    async def set_limit(self, limit: int) -> None:
+        self._limiter.total_tokens = check_limit(limit)
+
+    def statistics(self) -> SlotStatistics:
+        stats = self._limiter.statistics()
+        return SlotStatistics(
+            limit=self.limit,
+            held=stats.borrowed_tokens,
+            held_here=stats.borrowed_tokens,
+            waiting=stats.tasks_waiting,
+        )
+
+
+class AdaptiveLimit:
+    """Learns the limit of some :class:`Slots` (``max_in_flight="auto"``) by additive
+    increase and multiplicative decrease.
+
+    Every accepted submit adds ``1/limit``, so the limit grows by one per round of
+    ``limit`` accepted submits, up to ``maximum``; a rate-limit answer halves it (never
+    below 1), at most once per ``max(cooldown, retry_after)`` seconds. The new limit goes to
+    :meth:`Slots.set_limit`, so slots shared by several processes learn it for all; a
+    failure to set it is logged, never raised (the old limit stays).
+    """
+
+    def __init__(
+        self,
+        slots: Slots,
+        *,
+        maximum: int = C.AUTO_MAX_IN_FLIGHT,
+        cooldown: float = C.AUTO_DECREASE_COOLDOWN,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.slots = slots
+        self.maximum = maximum
+        self.cooldown = cooldown
+        self._clock = clock
+        self._credit = 0.0
+        self._last_decrease = -math.inf
+        self.decreases = 0
+
+    async def accepted(self) -> None:
+        """One submit was accepted."""
+        limit = self.slots.limit
+        if limit >= self.maximum:
+            return
+        self._credit += 1.0 / limit
+        if self._credit >= 1.0:
+            self._credit = 0.0
+            await self._set(min(self.maximum, limit + 1))
+
+    async def rate_limited(self, retry_after: float) -> None:
+        """A submit was refused for a rate or queue limit, to be retried after *retry_after*
+        seconds."""
+        now = self._clock()
+        if now - self._last_decrease < max(self.cooldown, retry_after):
+            return
+        self._last_decrease = now
+        self._credit = 0.0
+        self.decreases += 1
+        await self._set(max(1, self.slots.limit // 2))
+
+    async def _set(self, limit: int) -> None:
+        try:
+            await self.slots.set_limit(limit)
+        except Exception as exc:
+            log.warning("could not set the learned limit to %d: %s", limit, exc)

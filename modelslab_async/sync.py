@@ -19,13 +19,17 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from ._batch import BatchOptions, RequestLike
 from ._client import Client as AsyncClient
 from ._errors import ClientStateError, JobId
 from ._types import BatchResult, GeneratedImage, Generation, Job, Text2ImgRequest
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Client"]
 
@@ -103,7 +107,7 @@ class Client:
         return self._p.call(call)
 
     def generate_many(
-        self, requests: Iterable[Text2ImgRequest | Mapping[str, Any] | str], **options: Any
+        self, requests: Iterable[RequestLike], **options: Unpack[BatchOptions]
     ) -> Iterator[BatchResult]:
         """See :meth:`modelslab_async.Client.generate_many`; yields results as they finish.
 
@@ -120,5 +124,5 @@ class Client:
         finally:
             aclose = getattr(results, "aclose", None)
             if aclose is not None:
-                with contextlib.suppress(RuntimeError):
+                with contextlib.suppress(RuntimeError):  # the portal stopped: nothing to close
                     portal.call(aclose)

@@ -29,6 +29,8 @@ from modelslab_async import (
     BatchProgress,
     BatchResult,
     Client,
+    ClientStateError,
+    ConfigurationError,
     GenerationFailed,
     RequestValidationError,
     Text2ImgRequest,
@@ -132,6 +134,34 @@ def open_sockets(emu: Emulator) -> int:
         for c in psutil.Process().net_connections(kind="tcp")
         if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
     )
+
+
+# --- options ----------------------------------------------------------------------------------
+
+
+async def test_generate_many_checks_its_options_at_the_call_before_any_network_call() -> None:
+    async with emulator() as emu, client(emu) as c:
+        with pytest.raises(TypeError, match="unexpected keyword argument 'dset'"):
+            c.generate_many(["a red fox"], dset="out")  # type: ignore[call-arg]
+        with pytest.raises(
+            ConfigurationError, match=r"max_in_flight: got 0, allowed an integer >= 1"
+        ):
+            c.generate_many(["a red fox"], max_in_flight=0)
+        with pytest.raises(
+            ConfigurationError, match=r"max_resubmits: got -1, allowed an integer >= 0"
+        ):
+            c.generate_many(["a red fox"], max_resubmits=-1)
+        assert all(n == 0 for n in c.statistics().calls.values())
+
+
+async def test_generate_many_on_a_closed_client_is_a_client_state_error() -> None:
+    async with emulator() as emu:
+        c = client(emu)
+        async with c:
+            pass
+        with pytest.raises(ClientStateError, match="closed"):
+            await collect(c.generate_many(["a red fox"]))
+    assert emu.stats.total_jobs == 0
 
 
 def traffic(emu: Emulator) -> tuple[int, dict[str, int]]:

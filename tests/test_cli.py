@@ -371,11 +371,12 @@ async def test_a_300_mib_line_fails_as_its_own_item_without_being_held(
         for _ in range(300):
             f.write(chunk)
         f.write(b"\nanother fine prompt\n")
-    # The command in this interpreter, which prints its peak RSS at exit.
+    # The command in this interpreter, which prints its peak RSS at exit: VmHWM, the peak of
+    # its own memory map (ru_maxrss would start at the forking test process's own peak).
     code = (
-        "import atexit, resource, runpy, sys; "
-        "atexit.register(lambda: print('maxrss', resource.getrusage("
-        "resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)); "
+        "import atexit, runpy, sys; "
+        "atexit.register(lambda: print('maxrss', open('/proc/self/status').read()"
+        ".split('VmHWM:')[1].split()[0], file=sys.stderr)); "
         f"sys.argv = ['modelslab-async', 'batch', {str(prompts)!r}, '--out', 'out', '--json', "
         f"'--base-url', {emu.base_url!r}]; "
         "runpy.run_module('modelslab_async', run_name='__main__')"

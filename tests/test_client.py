@@ -8,9 +8,11 @@ emulator's ``stats``) instead. ``fail_after`` bounds are hang guards only.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -30,16 +32,21 @@ from modelslab_async import (
     GenerationFailed,
     GenerationTimeout,
     Job,
+    Lease,
+    LocalSlots,
     ModelsLabError,
     PollPolicy,
     RetryPolicy,
+    Slots,
+    SlotStatistics,
     Text2ImgRequest,
     TransportError,
 )
-from modelslab_async._client import InFlightLimiter
+from modelslab_async._slots import AdaptiveLimit
 from modelslab_async.emulator import Emulator, EmulatorConfig
 from modelslab_async.emulator._config import EtaMode
-from tests._emulated import emulated_client, job_stats
+from tests._emulated import GUARD, emulated_client, job_stats
+from tests._redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
 
@@ -266,31 +273,13 @@ async def test_auto_in_flight_backs_off_on_429_and_grows_back() -> None:
         pauses = client.statistics().rate_limit_pauses
     assert emu.stats.rate_limited > 0
     assert pauses > 0
-    assert client.limiter.decreases > 0
     low = min(limits)
     assert low < start  # multiplicative decrease after the 429s ...
     assert max(limits[limits.index(low) :]) > low  # ... and additive increase after
     assert emu.stats.total_jobs == 24
 
 
-def test_in_flight_limiter_aimd_halves_on_429_and_adds_one_per_round() -> None:
-    limiter = InFlightLimiter(4, adaptive=True, cooldown=0.0)
-    limiter.on_rate_limited(0.0)
-    assert limiter.limit == 2
-    limiter.on_accepted()
-    assert limiter.limit == 2
-    limiter.on_accepted()
-    assert limiter.limit == 3  # +1 after `limit` accepted submits in a row
-    for _ in range(3):
-        limiter.on_accepted()
-    assert limiter.limit == 4
-    for _ in range(5):
-        limiter.on_rate_limited(0.0)
-    assert limiter.limit == 1  # never below one
-    fixed = InFlightLimiter(4)
-    fixed.on_rate_limited(0.0)
-    fixed.on_accepted()
-    assert fixed.limit == 4
+# --- slots: LocalSlots, the learned limit, and any Slots a client is given ----------------------
 
 
 async def wait_until(condition: Callable[[], bool]) -> None:
@@ -302,49 +291,332 @@ async def wait_until(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition never held")
 
 
-@pytest.mark.anyio
-async def test_in_flight_limiter_is_first_come_first_served_and_survives_cancelled_waiters() -> (
-    None
-):
-    limiter = InFlightLimiter(1)
-    first, second, third = object(), object(), object()
-    await limiter.acquire(first)
-    order: list[str] = []
+async def test_adaptive_limit_halves_on_429_and_adds_one_per_round() -> None:
+    slots = LocalSlots(4)
+    auto = AdaptiveLimit(slots, cooldown=0.0)
+    await auto.rate_limited(0.0)
+    assert slots.limit == 2
+    await auto.accepted()
+    assert slots.limit == 2
+    await auto.accepted()
+    assert slots.limit == 3  # +1 after `limit` accepted submits in a row
+    for _ in range(3):
+        await auto.accepted()
+    assert slots.limit == 4
+    for _ in range(5):
+        await auto.rate_limited(0.0)
+    assert slots.limit == 1  # never below one
+    assert auto.decreases == 6
 
-    async def take(token: object, name: str) -> None:
-        await limiter.acquire(token)
+
+async def test_adaptive_limit_halves_at_most_once_per_retry_after() -> None:
+    now = [100.0]
+    slots = LocalSlots(8)
+    auto = AdaptiveLimit(slots, cooldown=1.0, clock=lambda: now[0])
+    await auto.rate_limited(5.0)
+    await auto.rate_limited(5.0)  # the same wave of 429s
+    assert slots.limit == 4
+    now[0] += 5.0
+    await auto.rate_limited(5.0)
+    assert slots.limit == 2
+
+
+@pytest.mark.parametrize("limit", [0, -1, 1.5, True, "8", None])
+def test_local_slots_refuse_a_limit_below_one_or_not_an_integer(limit: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"limit: got .*, allowed an integer >= 1"):
+        LocalSlots(limit)
+
+
+async def test_local_slots_are_first_come_first_served_and_survive_cancelled_waiters() -> None:
+    slots = LocalSlots(1)
+    assert isinstance(slots, Slots)
+    assert slots.renew_interval is None
+    first = await slots.acquire()
+    order: list[str] = []
+    taken: dict[str, Lease] = {}
+
+    async def take(name: str) -> None:
+        taken[name] = await slots.acquire()
         order.append(name)
 
     async with anyio.create_task_group() as tg:
-        with anyio.CancelScope() as gone:
-            tg.start_soon(take, second, "second")
-            await wait_until(lambda: limiter.waiting == 1)
-            gone.cancel()
-        tg.cancel_scope.cancel()  # the waiting "second" is cancelled
-    assert limiter.waiting == 0
-    assert limiter.in_flight == 1
+        tg.start_soon(take, "cancelled")
+        await wait_until(lambda: slots.statistics().waiting == 1)
+        tg.cancel_scope.cancel()
+    assert slots.statistics() == SlotStatistics(limit=1, held=1, held_here=1, waiting=0)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(take, third, "third")
-        await wait_until(lambda: limiter.waiting == 1)
-        limiter.release(first)  # the slot goes to the live waiter
-    assert order == ["third"]
-    assert limiter.in_flight == 1
-    limiter.release(third)
-    limiter.release(third)  # a second release of the same token is a no-op
-    assert limiter.in_flight == 0
+        tg.start_soon(take, "second")
+        await wait_until(lambda: slots.statistics().waiting == 1)
+        tg.start_soon(take, "third")
+        await wait_until(lambda: slots.statistics().waiting == 2)
+        await slots.release(first)  # the slot goes to the earliest live waiter
+        await wait_until(lambda: order == ["second"])
+        await slots.release(taken["second"])
+        await slots.release(taken["second"])  # a second release of the same lease: no-op
+    assert order == ["second", "third"]
+    assert slots.statistics().held == 1
+    await slots.release(taken["third"])
+    assert slots.statistics().held == 0
+    assert len({first, *taken.values()}) == 3  # every lease is its own
 
-    # Granted, then cancelled before it ran: the slot is given back, not lost.
-    await limiter.acquire(first)
-    waiter = asyncio.get_running_loop().create_task(limiter.acquire(second))
-    await wait_until(lambda: limiter.waiting == 1)
-    limiter.release(first)  # grants `second` ...
-    waiter.cancel()  # ... which is cancelled before it resumes
-    with pytest.raises(asyncio.CancelledError):
-        await waiter
-    assert limiter.in_flight == 0
-    assert limiter.waiting == 0
-    await limiter.acquire(third)
-    assert limiter.in_flight == 1
+
+async def test_local_slots_set_limit_wakes_waiters_and_lets_holders_keep_their_slots() -> None:
+    slots = LocalSlots(2)
+    held = [await slots.acquire(), await slots.acquire()]
+    got: list[Lease] = []
+
+    async def take() -> None:
+        got.append(await slots.acquire())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take)
+        await wait_until(lambda: slots.statistics().waiting == 1)
+        await slots.set_limit(3)  # a raised limit lets the waiter in at once
+    assert len(got) == 1
+    await slots.set_limit(1)  # lowered: the three holders keep their slots ...
+    assert slots.statistics() == SlotStatistics(limit=1, held=3, held_here=3, waiting=0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take)
+        await wait_until(lambda: slots.statistics().waiting == 1)
+        for lease in [*held, got[0]]:  # ... and a new acquire waits until fewer than 1 hold
+            assert slots.statistics().waiting == 1
+            await slots.release(lease)
+    assert len(got) == 2
+    with pytest.raises(ConfigurationError, match="limit"):
+        await slots.set_limit(0)
+
+
+class RecordingSlots:
+    """LocalSlots that record what the client does with them; ``renew_interval`` is set as
+    if leases expired (as shared slots' do)."""
+
+    def __init__(self, limit: int, renew_interval: float | None = None) -> None:
+        self.inner = LocalSlots(limit)
+        self._renew_interval = renew_interval
+        self.entered = self.exited = 0
+        self.acquired: list[Lease] = []
+        self.released: list[Lease] = []
+        self.renewed: list[frozenset[Lease]] = []
+        self.renewed_twice = anyio.Event()
+        self.limits: list[int] = []
+
+    @property
+    def limit(self) -> int:
+        return self.inner.limit
+
+    @property
+    def renew_interval(self) -> float | None:
+        return self._renew_interval
+
+    @property
+    def held(self) -> set[Lease]:
+        return set(self.acquired) - set(self.released)
+
+    async def __aenter__(self) -> RecordingSlots:
+        self.entered += 1
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.exited += 1
+
+    async def acquire(self) -> Lease:
+        lease = await self.inner.acquire()
+        self.acquired.append(lease)
+        return lease
+
+    async def release(self, lease: Lease) -> None:
+        self.released.append(lease)
+        await self.inner.release(lease)
+
+    async def renew(self, leases: Collection[Lease]) -> None:
+        self.renewed.append(frozenset(leases))
+        if len(self.renewed) >= 2:
+            self.renewed_twice.set()
+
+    async def set_limit(self, limit: int) -> None:
+        self.limits.append(limit)
+        await self.inner.set_limit(limit)
+
+    def statistics(self) -> SlotStatistics:
+        return self.inner.statistics()
+
+
+async def test_a_client_holds_a_lease_of_its_slots_from_submit_until_the_job_resolves() -> None:
+    slots = RecordingSlots(1)
+    async with Emulator(EmulatorConfig(workers=2, duration=0.2)) as emu:
+        client = Client(KEY, base_url=emu.base_url, slots=slots, retry=FAST_RETRY)
+        assert slots.entered == 0
+        async with client:
+            assert (slots.entered, slots.exited) == (1, 0)
+            first = await client.submit(prompt="first")
+            assert isinstance(first, Job)
+            assert len(slots.held) == 1
+            assert client.statistics().in_flight == 1
+            assert client.in_flight_limit == 1
+            second: list[Job | Generation] = []
+
+            async def submit_second() -> None:
+                second.append(await client.submit(prompt="second"))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(submit_second)
+                await wait_until(lambda: client.statistics().waiting_for_slot == 1)
+                assert emu.stats.total_jobs == 1  # the second waits for the first's slot
+                await client.wait(first)
+            assert len(slots.held) == 1
+            await client.wait(second[0])
+            assert slots.held == set()
+        assert (slots.entered, slots.exited) == (1, 1)
+    assert len(slots.acquired) == len(slots.released) == 2
+    assert emu.stats.total_jobs == 2
+
+
+async def test_a_failed_submit_and_a_failed_job_give_their_slot_back() -> None:
+    slots = RecordingSlots(2)
+    async with emulated(EmulatorConfig(duration=0.05, keys=["another-key"]), slots=slots) as (
+        _emu,
+        client,
+    ):
+        with pytest.raises(AuthenticationError):
+            await client.submit(prompt="a red fox")
+        assert slots.held == set()
+    config = EmulatorConfig(duration=0.1, fail_rate=1.0)
+    async with emulated(config, slots=slots) as (_emu, client):
+        job = await client.submit(prompt="doomed")
+        with pytest.raises(GenerationFailed):
+            await client.wait(job)
+        assert slots.held == set()
+    assert len(slots.acquired) == len(slots.released) == 2
+
+
+async def test_one_task_renews_every_held_lease_when_the_slots_expire_them() -> None:
+    slots = RecordingSlots(4, renew_interval=0.01)
+    async with emulated(EmulatorConfig(workers=2, duration=3.0), slots=slots) as (_emu, client):
+        jobs = [await client.submit(prompt=f"slow {i}") for i in range(2)]
+        names = [task.get_name() for task in asyncio.all_tasks()]
+        assert names.count("modelslab_async._client.Client._renew_leases") == 1
+        await slots.renewed_twice.wait()
+        assert slots.renewed[-1] == set(slots.acquired)  # both jobs' leases
+        assert all(isinstance(job, Job) for job in jobs)
+    assert slots.held == set()  # closing released the slots of the jobs still running
+
+
+async def test_local_slots_need_no_renewal_task() -> None:
+    async with emulated():
+        names = [task.get_name() for task in asyncio.all_tasks()]
+    assert not [n for n in names if "renew" in n]
+
+
+async def test_auto_learns_the_limit_of_the_slots_it_is_given() -> None:
+    slots = RecordingSlots(8)
+    config = EmulatorConfig(workers=2, duration=0.05, max_queued_per_key=2, queue_retry_after=0.05)
+    async with emulated(config, slots=slots, max_in_flight="auto") as (emu, client):
+        assert "(auto)" in repr(client)
+        assert "slots=RecordingSlots" in repr(client)
+
+        async def one(i: int) -> None:
+            await client.text2img(prompt=f"item {i}", seed=i)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(12):
+                tg.start_soon(one, i)
+    assert emu.stats.rate_limited > 0
+    assert slots.limits
+    assert min(slots.limits) < 8  # halved on the queue-limit answers, on the given slots
+
+
+async def test_clients_sharing_redis_slots_stay_under_the_shared_cap_while_leases_renew(
+    redis_server: RedisServer,
+) -> None:
+    # Two clients (as two processes would) share a cap of 2 through Redis. Leases live
+    # 1 s and jobs 1.5 s: only the clients' renewals keep a running job's slot held, so
+    # without them a third job would be submitted and refused for the queue limit.
+    from modelslab_async import RedisSlots
+
+    name = f"test-client-{uuid.uuid4().hex}"
+    config = EmulatorConfig(
+        workers=4, duration=1.5, max_queued_per_key=2, retry_after=0.05, queue_retry_after=0.05
+    )
+    async with Emulator(config) as emu:
+        clients = [
+            Client(
+                KEY,
+                base_url=emu.base_url,
+                slots=RedisSlots(redis_server.url, 2, name=name, lease=1.0),
+                retry=FAST_RETRY,
+            )
+            for _ in range(2)
+        ]
+        with anyio.fail_after(GUARD):
+            async with clients[0], clients[1], anyio.create_task_group() as tg:
+                for i in range(4):
+                    tg.start_soon(functools.partial(clients[i % 2].text2img, prompt=f"job {i}"))
+        stats = [c.statistics() for c in clients]
+    assert emu.stats.total_jobs == 4
+    assert emu.stats.queue_limited() == 0
+    assert all(s.in_flight == 0 for s in stats)
+
+
+def test_slots_and_an_explicit_max_in_flight_are_refused_together() -> None:
+    with pytest.raises(ConfigurationError, match=r"max_in_flight: got 3 together with slots"):
+        Client(KEY, slots=LocalSlots(2), max_in_flight=3)
+    with pytest.raises(ConfigurationError, match=r"slots: got a object, allowed a Slots"):
+        Client(KEY, slots=object())  # type: ignore[arg-type]
+    assert Client(KEY, slots=LocalSlots(2)).in_flight_limit == 2
+    assert Client(KEY, slots=LocalSlots(2), max_in_flight="auto").in_flight_limit == 2
+    assert Client(KEY).in_flight_limit == 8
+    assert Client(KEY, max_in_flight="auto").in_flight_limit == 4
+    for bad in (0, -1, 2.5, True, "many"):
+        with pytest.raises(ConfigurationError, match="max_in_flight"):
+            Client(KEY, max_in_flight=bad)  # type: ignore[arg-type]
+
+
+async def test_a_submit_waiting_for_a_slot_when_the_client_closes_submits_nothing() -> None:
+    outcome: list[BaseException] = []
+    async with Emulator(EmulatorConfig(duration=60.0)) as emu:
+        client = Client(KEY, base_url=emu.base_url, max_in_flight=1, retry=FAST_RETRY)
+        with anyio.fail_after(10):  # a hang guard
+            async with anyio.create_task_group() as tg, client:
+                await client.submit(prompt="first")
+
+                async def second() -> None:
+                    try:
+                        await client.submit(prompt="second")
+                    except ClientStateError as exc:
+                        outcome.append(exc)
+
+                tg.start_soon(second)
+                await wait_until(lambda: client.statistics().waiting_for_slot == 1)
+    [error] = outcome
+    assert "closed" in str(error)
+    assert emu.stats.total_jobs == 1  # the waiting submit was not sent at shutdown
+
+
+async def test_a_wait_pending_when_the_client_closes_raises_client_state_error() -> None:
+    # A web backend shutting down while requests still wait for their images: every
+    # waiter must be told, not left hanging (the job itself goes on, fetchable by id).
+    outcome: list[BaseException] = []
+    async with Emulator(EmulatorConfig(duration=60.0)) as emu:
+        client = Client(KEY, base_url=emu.base_url, retry=FAST_RETRY)
+        # fail_after is a hang guard: before the fix the waiter never returned.
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg, client:
+                job = await client.submit(prompt="slow")
+                assert isinstance(job, Job)
+
+                async def waiter() -> None:
+                    try:
+                        await client.wait(job)
+                    except ClientStateError as exc:
+                        outcome.append(exc)
+
+                tg.start_soon(waiter)
+                for _ in range(5):  # let the waiter reach its wait
+                    await anyio.lowlevel.checkpoint()
+        assert client.statistics().in_flight == 0
+    [error] = outcome
+    assert str(job.id) in str(error)
+    assert "closed" in str(error)
 
 
 # --- the key never leaks ----------------------------------------------------------------------

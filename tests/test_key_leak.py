@@ -342,7 +342,7 @@ async def test_no_public_object_shows_the_key(
             c,
             c.transport,
             c.poller,
-            c.limiter,
+            c.slots,
             stats,
             stats.poller,
             job,

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import anyio.from_thread
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,7 +29,7 @@ from modelslab_async import (
     PollPolicy,
     RetryPolicy,
 )
-from modelslab_async._poller import (
+from modelslab_async._schedule import (
     FIRST_REFRESH,
     SUBMIT,
     ScheduleModel,
@@ -246,13 +247,66 @@ def test_the_prior_starts_before_the_eta_by_the_lead() -> None:
 # --- PollPolicy -------------------------------------------------------------------------------
 
 
+#: For every PollPolicy field, values out of its range (or of the wrong type).
+OUT_OF_RANGE: dict[str, list[Any]] = {
+    "fetch_cost": [0, -1.0, math.nan, math.inf, "0.2"],
+    "max_gap": [0.0, -0.5, math.nan],
+    "lead": [-0.1, math.inf],
+    "initial_backoff": [0, -1.0],
+    "backoff_factor": [0.5, 0, math.nan],
+    "max_backoff": [0, -3.0],
+    "jitter": [-0.1, 1.5],
+    "max_wait": [0, -1.0, math.inf],
+    "webhook_grace": [-1.0, math.nan],
+    "fetch_concurrency": [0, -1, 1.5, True, None],
+    "max_fetch_errors": [0, 2.0],
+    "min_samples": [0, None],
+    "history": [0, -400],
+    "learn": ["yes", 1, None],
+    "explore": [-0.1, 1.01],
+    "relative_cost": [-0.25, math.nan],
+}
+
+
+def test_the_range_table_covers_every_poll_policy_field() -> None:
+    assert set(OUT_OF_RANGE) == set(attrs.fields_dict(PollPolicy))
+
+
 @pytest.mark.parametrize(
-    "field", ["fetch_cost", "lead", "initial_backoff", "max_backoff", "jitter", "max_wait"]
+    ("field", "value"), [(f, v) for f, values in OUT_OF_RANGE.items() for v in values]
 )
-def test_poll_policy_rejects_negative_numbers(field: str) -> None:
-    changes: dict[str, Any] = {field: -1.0}
-    with pytest.raises(ConfigurationError, match=field):
-        PollPolicy(**changes)
+def test_poll_policy_refuses_values_out_of_range_naming_the_field_and_range(
+    field: str, value: Any
+) -> None:
+    with pytest.raises(ConfigurationError, match=rf"^PollPolicy\.{field}: got .*, allowed "):
+        PollPolicy(**{field: value})
+
+
+def test_fetch_concurrency_zero_is_refused() -> None:
+    # It used to be accepted, and then no fetch ever ran: wait() hung even past max_wait.
+    with pytest.raises(
+        ConfigurationError, match=r"PollPolicy\.fetch_concurrency: got 0, allowed an integer >= 1"
+    ):
+        PollPolicy(fetch_concurrency=0)
+
+
+def test_poll_policy_accepts_the_edges_of_every_range() -> None:
+    PollPolicy(
+        max_gap=None,
+        lead=0,
+        backoff_factor=1,
+        jitter=0,
+        max_wait=None,
+        webhook_grace=0,
+        fetch_concurrency=1,
+        max_fetch_errors=1,
+        min_samples=1,
+        history=1,
+        learn=False,
+        explore=1,
+        relative_cost=0,
+    )
+    PollPolicy(jitter=1, explore=0)
 
 
 def test_presets_take_overrides() -> None:

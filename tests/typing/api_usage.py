@@ -7,7 +7,7 @@ Lines with ``# type: ignore[...]`` are misuses that must stay type errors: with
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +15,19 @@ import modelslab_async
 from modelslab_async import (
     APIError,
     AuthenticationError,
+    BatchOptions,
+    BatchProgress,
     BatchResult,
     Client,
+    ClientStats,
     DownloadError,
     GeneratedImage,
     Generation,
     GenerationFailed,
     GenerationTimeout,
     Job,
+    Lease,
+    LocalSlots,
     Meta,
     ModelsLabError,
     RateLimitError,
@@ -32,6 +37,8 @@ from modelslab_async import (
     ResponseFormatError,
     RetryPolicy,
     SafetyCheckerType,
+    Slots,
+    SlotStatistics,
     Text2ImgRequest,
     Timeouts,
     TransportError,
@@ -176,7 +183,78 @@ async def main(prompts: list[str]) -> None:
         del images
 
 
-# --- shared slots (DESIGN.md §10) ------------------------------------------------------------
+# --- batches: generate_many's options are one TypedDict --------------------------------------
+
+
+def show(progress: BatchProgress) -> None:
+    print(progress.done, progress.failed, progress.images_per_minute)
+
+
+async def batch(client: Client, prompts: list[str]) -> None:
+    options: BatchOptions = {"dest": "out/", "max_in_flight": 4, "on_progress": show}
+    async for result in client.generate_many(prompts, **options):
+        outcome(result)
+    client.generate_many(prompts, max_resubmits=0, manifest=Path("run.jsonl"), webhook=None)
+    client.generate_many(prompts, dset="out/")  # type: ignore[call-arg]
+    client.generate_many(prompts, max_in_flight="4")  # type: ignore[arg-type]
+
+
+# --- slots: in-process by default, or any object with the Slots protocol -------------------
+
+
+class CountingSlots:
+    """A user's own Slots: the protocol is structural."""
+
+    def __init__(self) -> None:
+        self.inner = LocalSlots(2)
+
+    @property
+    def limit(self) -> int:
+        return self.inner.limit
+
+    @property
+    def renew_interval(self) -> float | None:
+        return None
+
+    async def __aenter__(self) -> CountingSlots:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def acquire(self) -> Lease:
+        return await self.inner.acquire()
+
+    async def release(self, lease: Lease) -> None:
+        await self.inner.release(lease)
+
+    async def renew(self, leases: Collection[Lease]) -> None:
+        return None
+
+    async def set_limit(self, limit: int) -> None:
+        await self.inner.set_limit(limit)
+
+    def statistics(self) -> SlotStatistics:
+        return self.inner.statistics()
+
+
+async def slots_usage() -> None:
+    local: Slots = LocalSlots(8)
+    mine: Slots = CountingSlots()
+    async with Client(slots=local) as client, Client(slots=mine, max_in_flight="auto"):
+        lease: Lease = await local.acquire()
+        await local.release(lease)
+        await local.set_limit(4)
+        held: int = local.statistics().held_here
+        stats: ClientStats = client.statistics()
+        shared: Slots = client.slots
+        limit: int = client.in_flight_limit
+        del held, stats, shared, limit
+    Client(max_in_flight="many")  # type: ignore[arg-type]
+    Client(slots=object())  # type: ignore[arg-type]
+
+
+# --- shared slots (docs/scale-out.md) --------------------------------------------------------
 
 
 async def share(slots: RedisSlots | RaySlots) -> int:
