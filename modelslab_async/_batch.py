@@ -356,7 +356,13 @@ class _Batch:
             request = coerce_request(raw, {})
         except ModelsLabError as exc:
             self.queued -= 1
-            await self._record(index=index, state="failed", fingerprint="", error=error_record(exc))
+            await self._record(
+                index=index,
+                state="failed",
+                fingerprint="",
+                error=error_record(exc),
+                prompt=_raw_prompt(raw),
+            )
             return BatchResult(index=index, request=None, error=exc)
         fp = fingerprint(request)
         previous = None
@@ -476,6 +482,9 @@ class _Batch:
                 job_id=generation.id,
                 files=tuple(str(f) for f in files),
                 attempt=attempt,
+                prompt=request.prompt,
+                seed=generation.seed,
+                generation_time=generation.generation_time,
             )
             return BatchResult(
                 index=index,
@@ -523,6 +532,8 @@ class _Batch:
             job_id=job_id,
             error=error_record(error),
             attempt=attempt,
+            prompt=request.prompt,
+            seed=request.seed,
         )
         return BatchResult(index=index, request=request, error=error, job_id=job_id)
 
@@ -559,6 +570,15 @@ def _unwrap(exc: Exception) -> Exception:
         exc = inner[0]
         inner = getattr(exc, "exceptions", None)
     return exc
+
+
+def _raw_prompt(raw: RequestLike) -> str | None:
+    """The prompt of an input item that is not a valid request, for its failed record."""
+    try:
+        prompt = raw.get("prompt") if isinstance(raw, Mapping) else raw
+    except ModelsLabError:  # an input line that could not be read at all (the CLI's)
+        return None
+    return prompt if isinstance(prompt, str) else None
 
 
 def _unknown_job(error: BadRequestError) -> bool:

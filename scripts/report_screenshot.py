@@ -4,9 +4,9 @@ its report.html, and a screenshot of it in headless Chromium.
     .venv/bin/python scripts/report_screenshot.py [--out /tmp/report-demo] [--png docs/report.png]
 
 Needs the [dev] extra (playwright, driving the system Chromium: scripts/install-test-deps.sh
-installs it; never `playwright install`). The batch engine does not record prompts, seeds and
-generation times in the manifest yet, so this script appends them, as the manifest's optional
-fields, from the results; with no network, some jobs made to fail by the emulator.
+installs it; never `playwright install`). No network: some jobs are made to fail by the
+emulator. The batch engine records each item's prompt, seed and generation time in the
+manifest, where the report reads them.
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ import time
 from pathlib import Path
 
 import anyio
-import attrs
 
 from modelslab_async import Client, Text2ImgRequest
-from modelslab_async._manifest import Manifest, load_state
 from modelslab_async._report import write_report
 from modelslab_async.emulator import Emulator, EmulatorConfig
 
@@ -60,21 +58,6 @@ async def batch(out: Path) -> dict[str, float]:
         ]
         wall = time.monotonic() - started
         lags = sorted(emu.stats.poll_lags())
-    last = load_state(manifest)
-    writer = await Manifest(manifest).open()
-    try:
-        for r in results:
-            gen = r.generation
-            await writer.append(
-                attrs.evolve(
-                    last[r.index],
-                    prompt=texts[r.index],
-                    seed=gen.seed if gen is not None else None,
-                    generation_time=gen.generation_time if gen is not None else None,
-                )
-            )
-    finally:
-        await writer.close()
     print(f"{sum(r.ok for r in results)} done, {sum(not r.ok for r in results)} failed")
     return {
         "wall_time": wall,

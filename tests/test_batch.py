@@ -1024,3 +1024,43 @@ async def test_a_stop_during_a_rate_limit_pause_takes_back_the_write_ahead_recor
         assert all(r.ok for r in results.values()), [r.error for r in results.values()]
         assert emu.stats.duplicate_submissions() == 0
         assert len(emu.stats.jobs) == 3
+
+
+async def test_the_manifest_records_prompt_seed_and_generation_time(tmp_path: Path) -> None:
+    """What the report shows beside each image and failure: a done record has the prompt,
+    the seed the server used and its generation time; a failed one the prompt and the
+    request's seed; an item that is not a valid request the prompt it gave, if a string."""
+    manifest = tmp_path / "run.jsonl"
+    requests: list[Any] = [
+        *(small(f"picture {i}", seed=500 + i) for i in range(8)),
+        {"prompt": "too wide <b>", "width": 5000},
+        {"prompt": 7, "width": 64},
+        42,
+    ]
+    async with emulator(seed=11, fail_rate=0.4) as emu, client(emu) as c:
+        results = by_index(
+            await collect(
+                c.generate_many(requests, dest=tmp_path / "out", manifest=manifest, max_resubmits=0)
+            )
+        )
+    last = last_records(manifest)
+    done = [i for i in range(8) if results[i].ok]
+    failed = [i for i in range(8) if not results[i].ok]
+    assert done
+    assert failed
+    for i in done:
+        generation = results[i].generation
+        assert generation is not None
+        assert generation.generation_time is not None
+        assert last[i]["prompt"] == f"picture {i}"
+        assert last[i]["seed"] == generation.seed == 500 + i
+        assert last[i]["generation_time"] == generation.generation_time
+    for i in failed:
+        assert last[i]["state"] == "failed"
+        assert (last[i]["prompt"], last[i]["seed"]) == (f"picture {i}", 500 + i)
+        assert "generation_time" not in last[i]
+    assert last[8]["prompt"] == "too wide <b>"
+    for i in (9, 10):  # no prompt string to record
+        assert last[i]["state"] == "failed"
+        assert "prompt" not in last[i]
+        assert "seed" not in last[i]

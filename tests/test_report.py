@@ -100,11 +100,9 @@ def run_batch(
     fail_rate: float = 0.0,
     emulator_seed: int = 7,
     max_resubmits: int = 0,
-    record_details: bool = True,
 ) -> Batch:
-    """Run *items* through ``generate_many`` on an emulator into *out*, then append to the
-    manifest what the batch engine does not record yet (prompt, seed, generation time), as
-    a ``done``/``failed`` record of the same state through the real ``Manifest`` writer."""
+    """Run *items* through ``generate_many`` on an emulator into *out* (the batch engine
+    records each item's prompt, seed and generation time in the manifest)."""
     manifest = out / "manifest.jsonl"
 
     async def main() -> tuple[list[BatchResult], tuple[float, float]]:
@@ -123,23 +121,6 @@ def run_batch(
                     )
                 ]
             lags = sorted(emu.stats.poll_lags())
-        if record_details:
-            last = load_state(manifest)
-            writer = await Manifest(manifest).open()
-            try:
-                for r in results:
-                    prompt = prompt_of(items[r.index])
-                    gen = r.generation
-                    await writer.append(
-                        attrs.evolve(
-                            last[r.index],
-                            prompt=prompt,
-                            seed=gen.seed if gen is not None else None,
-                            generation_time=gen.generation_time if gen is not None else None,
-                        )
-                    )
-            finally:
-                await writer.close()
         return results, (lags[len(lags) // 2], lags[-1]) if lags else (0.0, 0.0)
 
     results, lag = run_async(main)

@@ -1,11 +1,12 @@
-"""The ``modelslab-async`` command line: ``generate``, ``batch``, ``fetch``, ``emulator``.
+"""The ``modelslab-async`` command line: ``generate``, ``batch``, ``fetch``, ``report``,
+``emulator``.
 
 Built on click, with rich for the progress bar and the summary (the ``cli`` extra:
 ``pip install 'modelslab-async[cli]'``). Modules: ``_options`` (the options, one per request
 field from ``REQUEST_FIELDS``), ``_input`` (reading PROMPTS), ``_display`` (progress, summary,
-``--json``), ``_run`` (targets, signals, exit codes), ``_commands`` (the commands and
-``main``), ``_alloc`` (the process-wide allocator tweak ``main`` makes). ``docs/cli.md``
-documents every option.
+``--json``), ``_run`` (targets, shared slots, signals, exit codes), ``_reporting`` (the
+batch's ``report.html``), ``_commands`` (the commands and ``main``), ``_alloc`` (the
+process-wide allocator tweak ``main`` makes). ``docs/cli.md`` documents every option.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The commands (``generate``, ``batch``, ``fetch``, ``emulator``) and ``main()``.
+"""The commands (``generate``, ``batch``, ``fetch``, ``report``, ``emulator``) and ``main()``.
 
 Everything a command does goes through the public client (``Client.submit/wait/download/
 resume/generate_many``); ``docs/cli.md`` documents every option. The API key is read from
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +31,8 @@ from .._errors import (
     ModelsLabError,
 )
 from .._redact import redact, register_secret
+from .._report import write_report
+from .._slots import Slots
 from .._types import Job
 from .._version import __version__
 from ._alloc import settle_allocator
@@ -42,8 +44,11 @@ from ._options import (
     max_in_flight,
     request_fields,
     request_options,
+    shared_slots,
+    slots_options,
     validated,
 )
+from ._reporting import REPORT_ERRORS, report_link, run_stats, write_batch_report
 from ._run import (
     EXIT_BROKEN_PIPE,
     EXIT_FAILED,
@@ -158,6 +163,7 @@ def generate(
     metavar="N|auto",
     help="Jobs in flight at once (what your plan allows); `auto` learns it from 429 answers.",
 )
+@slots_options
 @input_format_option
 @click.option(
     "--retry-failed", is_flag=True, help="Try again the items a previous run recorded as failed."
@@ -175,6 +181,8 @@ def batch(
     out: Path,
     manifest: Path | None,
     concurrency: str,
+    slots_url: str | None,
+    slots_name: str,
     input_format: str,
     retry_failed: bool,
     as_json: bool,
@@ -189,6 +197,10 @@ def batch(
     JSONL file of request-field objects, or - for standard input. It is read lazily. Options
     given here are defaults for every item; a JSONL item's own fields win. A line that
     cannot be read (over 1 MiB, not UTF-8, not a JSON object) fails as its own item.
+
+    Every run ends by writing OUT/report.html (the images with their prompts, and the
+    failures); its file:// link is printed. With --slots, every process naming the same
+    Redis shares one --concurrency cap.
     """
     defaults = request_fields(options, set_fields)
     validated({**defaults, "prompt": "a prompt"})
@@ -196,13 +208,15 @@ def batch(
         raise click.BadParameter(f"{prompts!r} is not a readable file", param_hint="'PROMPTS'")
     fmt = resolve_input_format(prompts, input_format)
     manifest_path = manifest if manifest is not None else out / "manifest.jsonl"
+    limit = max_in_flight(concurrency)
     plan = _BatchPlan(
         source=prompts,
         input_format=fmt,
         defaults=defaults,
         out=out,
         manifest=manifest_path,
-        max_in_flight=max_in_flight(concurrency),
+        max_in_flight=limit,
+        slots=shared_slots(slots_url, slots_name, limit) if slots_url is not None else None,
         retry_failed=retry_failed,
         as_json=as_json,
         resuming=manifest_path.is_file() and manifest_path.stat().st_size > 0,
@@ -240,6 +254,7 @@ class _BatchPlan:
     out: Path
     manifest: Path
     max_in_flight: MaxInFlight
+    slots: Callable[[], Slots] | None
     retry_failed: bool
     as_json: bool
     resuming: bool
@@ -264,8 +279,12 @@ async def _run_batch(plan: _BatchPlan, interrupt: Interrupt, console: Console) -
         if not tally.input_exhausted:
             tally.total = total
 
+    lags: list[float] | None = [] if plan.where.local else None
+    slots = plan.slots() if plan.slots is not None else None
     items = read_items(plan.source, plan.input_format, plan.defaults)
-    async with open_client(plan.where, console, plan.max_in_flight) as client:
+    async with open_client(
+        plan.where, console, plan.max_in_flight, slots=slots, lags=lags
+    ) as client:
         if plan.resuming:
             say(console, f"Resuming from {plan.manifest}.")
         with Display(console, tally) as display, interrupt.scope:
@@ -304,6 +323,7 @@ async def _run_batch(plan: _BatchPlan, interrupt: Interrupt, console: Console) -
         await items.aclose()
     interrupted = interrupt.signum is not None
     summary(console, tally, plan.out, plan.manifest, interrupted)
+    await write_batch_report(console, plan.out, plan.manifest, run_stats(tally, lags))
     if interrupted:
         return interrupt.exit_code
     if code == EXIT_OK and tally.failed:
@@ -356,6 +376,26 @@ def fetch(job_id: str, out: Path, timeout: float | None, local: bool, base_url: 
         return interrupt.exit_code
 
     run(body)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--manifest",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The run's manifest [default: DIRECTORY/manifest.jsonl].",
+)
+def report(directory: Path, manifest: Path | None) -> None:
+    """Write DIRECTORY/report.html again from the manifest and the images on disk, and
+    print its file:// link. No network; wall time is the span of the manifest's records."""
+    manifest_path = manifest if manifest is not None else directory / "manifest.jsonl"
+    if not manifest_path.is_file():
+        raise UsageFailure(f"no manifest at {manifest_path}: nothing to report")
+    try:
+        path = write_report(directory, manifest=manifest_path)
+    except REPORT_ERRORS as exc:
+        raise UsageFailure(error_line(exc, manifest_path).removeprefix("Error: ")) from None
+    click.echo(report_link(path))
 
 
 @cli.command(

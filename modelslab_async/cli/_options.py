@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -12,7 +13,8 @@ import click
 from .. import _constants as C
 from .._client import MaxInFlight
 from .._convert import request_from_wire
-from .._errors import RequestValidationError
+from .._errors import ConfigurationError, RequestValidationError
+from .._slots import Slots
 from .._types import DOCUMENTED_FIELDS, REQUEST_FIELDS, RequestField, Text2ImgRequest
 from ._input import INPUT_FORMATS
 from ._run import UsageFailure
@@ -150,6 +152,48 @@ def validated(fields: Mapping[str, Any]) -> Text2ImgRequest:
         raise UsageFailure(str(exc)) from None
 
 
+def slots_options(func: F) -> F:
+    """Decorate a command with ``--slots URL`` and ``--slots-name NAME``."""
+    func = click.option(
+        "--slots-name",
+        default="modelslab",
+        show_default=True,
+        metavar="NAME",
+        help="Namespace of the shared slots in Redis: processes share a cap when they "
+        "name the same Redis and NAME.",
+    )(func)
+    func = click.option(
+        "--slots",
+        "slots_url",
+        metavar="URL",
+        help="Share the --concurrency cap with every process that names the same Redis "
+        "(redis://[:password@]host[:port][/db], rediss://... for TLS). Needs the redis "
+        "extra.",
+    )(func)
+    return func
+
+
+def shared_slots(url: str, name: str, concurrency: MaxInFlight) -> Callable[[], Slots]:
+    """``--slots``: a maker of the :class:`RedisSlots` sharing *concurrency* (a starting
+    limit, learned by every sharer, for ``auto``), checked here: exit 2 when the redis
+    extra is missing or the URL or name is bad, before anything runs."""
+    try:
+        import redis.asyncio  # noqa: F401  # the extra, checked before anything runs
+    except ImportError:
+        raise UsageFailure(
+            "--slots needs redis-py, which is not installed: pip install 'modelslab-async[redis]'"
+        ) from None
+    from .._redis_slots import RedisSlots
+
+    limit = C.AUTO_INITIAL_IN_FLIGHT if concurrency == "auto" else concurrency
+    make = functools.partial(RedisSlots, url, limit, name=name)
+    try:
+        make()
+    except ConfigurationError as exc:
+        raise UsageFailure(f"--slots: {exc}") from None
+    return make
+
+
 def max_in_flight(value: str) -> MaxInFlight:
     """``--concurrency``: an integer >= 1 or ``auto``."""
     if value.strip().lower() == "auto":
@@ -172,5 +216,7 @@ __all__ = [
     "max_in_flight",
     "request_fields",
     "request_options",
+    "shared_slots",
+    "slots_options",
     "validated",
 ]

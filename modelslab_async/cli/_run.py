@@ -13,7 +13,7 @@ import secrets
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -30,7 +30,9 @@ from .._errors import (
     ConfigurationError,
     ModelsLabError,
     RequestValidationError,
+    TransportError,
 )
+from .._slots import Slots
 from ._display import say, stderr_console
 from ._input import InputError
 
@@ -84,31 +86,57 @@ def target(local: bool, base_url: str | None) -> Target:
 
 @asynccontextmanager
 async def open_client(
-    where: Target, console: Console, max_in_flight: MaxInFlight = C.DEFAULT_MAX_IN_FLIGHT
+    where: Target,
+    console: Console,
+    max_in_flight: MaxInFlight = C.DEFAULT_MAX_IN_FLIGHT,
+    *,
+    slots: Slots | None = None,
+    lags: list[float] | None = None,
 ) -> AsyncIterator[Client]:
-    """A client of *where*; for the embedded emulator, the emulator too, for as long."""
+    """A client of *where*; for the embedded emulator, the emulator too, for as long.
+
+    *slots* (``--slots``) are entered first, so that an unreachable Redis is a
+    configuration error (exit 2) before anything is sent; the client then takes its limit
+    from them (learning it when *max_in_flight* is ``"auto"``). *lags*, when given, gets
+    the embedded emulator's poll lags (seconds from a job being ready to its result served)
+    when it stops."""
     if where.notice:
         say(
             console,
             f"modelslab-async: {C.ENV_API_KEY} is not set, so this runs against the embedded "
             "local emulator (--local); set it to use the real API.",
         )
-    if not where.local:
-        async with Client(base_url=where.base_url, max_in_flight=max_in_flight) as client:
-            yield client
-        return
-    # Imported only here: commands that talk to a real server never load the emulator.
-    from ..emulator import Emulator, EmulatorConfig
+    limit: MaxInFlight | None = max_in_flight
+    async with AsyncExitStack() as stack:
+        if slots is not None:
+            await _enter_slots(stack, slots)
+            limit = "auto" if max_in_flight == "auto" else None  # the slots' own limit
+        if not where.local:
+            yield await stack.enter_async_context(
+                Client(base_url=where.base_url, max_in_flight=limit, slots=slots)
+            )
+            return
+        # Imported only here: commands that talk to a real server never load the emulator.
+        from ..emulator import Emulator, EmulatorConfig
 
-    # A fresh seed per run: job ids (and so file names) differ from the last run's.
-    config = EmulatorConfig(
-        workers=LOCAL_WORKERS, duration=LOCAL_DURATION, seed=secrets.randbelow(2**31)
-    )
-    async with (
-        Emulator(config) as emu,
-        Client(LOCAL_KEY, base_url=emu.base_url, max_in_flight=max_in_flight) as client,
-    ):
-        yield client
+        # A fresh seed per run: job ids (and so file names) differ from the last run's.
+        config = EmulatorConfig(
+            workers=LOCAL_WORKERS, duration=LOCAL_DURATION, seed=secrets.randbelow(2**31)
+        )
+        emu = await stack.enter_async_context(Emulator(config))
+        if lags is not None:
+            stack.callback(lambda: lags.extend(emu.stats.poll_lags()))
+        yield await stack.enter_async_context(
+            Client(LOCAL_KEY, base_url=emu.base_url, max_in_flight=limit, slots=slots)
+        )
+
+
+async def _enter_slots(stack: AsyncExitStack, slots: Slots) -> None:
+    """Enter the shared slots; a store that cannot be reached is a configuration error."""
+    try:
+        await stack.enter_async_context(slots)
+    except TransportError as exc:
+        raise ConfigurationError(f"--slots: {exc}") from None
 
 
 # --- signals and exit codes --------------------------------------------------------------
