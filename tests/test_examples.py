@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -10,6 +11,9 @@ from pathlib import Path
 
 import anyio
 import pytest
+
+from ._emulator_process import EmulatorProcess
+from ._redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -92,3 +96,66 @@ async def test_webhook_fastapi_selftest(tmp_path: Path) -> None:
     paths = [tmp_path / p for p in result.stdout.decode().split()]
     _assert_pngs(paths, 1)
     assert b"announced by webhook" in result.stderr
+
+
+async def test_multiworker_fastapi_workers_share_one_cap(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Two servers of the example (3 uvicorn workers) take 24 concurrent requests: the shared
+    cap of 5 holds, so the emulator (capped at 5 per key too) never refuses a submit."""
+    import aiohttp
+
+    with EmulatorProcess(
+        ["--max-queued-per-key", "5", "--workers", "2", "--duration", "0.2,0.4"]
+    ) as emu:
+        env = _env() | {
+            "MODELSLAB_API_KEY": "local-key",
+            "MODELSLAB_BASE_URL": emu.base_url,
+            "REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/5",  # a db of its own
+            "QUEUE_CAP": "5",
+        }
+        ports = [free_port(), free_port()]
+        servers = []
+        for port, workers in [(ports[0], 2), (ports[1], 1)]:
+            argv = [sys.executable, str(EXAMPLES / "multiworker_fastapi.py")]
+            argv += ["--port", str(port), "--workers", str(workers)]
+            servers.append(
+                await anyio.open_process(argv, cwd=tmp_path, env=env, stdout=None, stderr=None)
+            )
+        try:
+            async with aiohttp.ClientSession() as session:
+                with anyio.fail_after(60):  # a hang guard: the servers start in seconds
+                    for port in ports:
+                        while True:
+                            with contextlib.suppress(aiohttp.ClientError):
+                                async with session.get(f"http://127.0.0.1:{port}/slots") as r:
+                                    if r.status == 200:
+                                        assert (await r.json())["limit"] == 5
+                                        break
+                            await anyio.sleep(0.2)
+                answers: list[tuple[int, bytes, str]] = []
+
+                async def one(port: int, i: int) -> None:
+                    url = f"http://127.0.0.1:{port}/images"
+                    body = {"prompt": f"fox {port} {i}", "width": 64, "height": 64}
+                    async with session.post(url, json=body) as r:
+                        answers.append((r.status, await r.read(), r.headers["X-Worker-Pid"]))
+
+                with anyio.fail_after(120):
+                    async with anyio.create_task_group() as tg:
+                        for port in ports:
+                            for i in range(12):
+                                tg.start_soon(one, port, i)
+        finally:
+            for server in servers:
+                server.terminate()
+            with anyio.fail_after(30):
+                for server in servers:
+                    await server.wait()
+        assert [status for status, _, _ in answers] == [200] * 24
+        assert all(body[:8] == PNG_SIGNATURE for _, body, _ in answers)
+        assert len({pid for _, _, pid in answers}) >= 2  # at least one worker of each server
+        stats = emu.stats()
+        assert stats["total_jobs"] == 24
+        assert stats["duplicate_submissions"] == 0
+        assert stats["queue_limited"] == 0  # the cap held across the processes

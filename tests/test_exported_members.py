@@ -170,3 +170,9 @@ def test_a_private_modules_all_lists_only_names_it_defines(path: Path) -> None:
     tree = _tree(path)
     exported = _all_of(tree) or []
     assert sorted(set(exported) - _defined_names(tree)) == []
+
+
+def test_the_ray_module_exports_text2img_and_imports_ray_only_when_used() -> None:
+    code = "import sys, modelslab_async.ray as r\nprint(r.__all__, 'ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['Text2Img'] False"

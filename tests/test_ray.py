@@ -15,6 +15,8 @@ import ray
 from modelslab_async import ConfigurationError, RaySlots
 from modelslab_async._slots import Lease, Slots, SlotStatistics
 
+from ._emulator_process import EmulatorProcess
+
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,3 +165,150 @@ async def _gather(refs: list[Any]) -> list[Any]:
         for i in range(len(refs)):
             tg.start_soon(one, i)
     return results
+
+
+# --- modelslab_async.ray.Text2Img on Ray Data ----------------------------------------------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def capped_emulator() -> Iterator[EmulatorProcess]:
+    """The emulator in its own process (Ray's workers reach it over loopback): a queue cap of
+    5 per key, answered with the API's retry_after of 30 s, and 5 GPU workers."""
+    options = ["--max-queued-per-key", "5", "--workers", "5", "--duration", "0.3,0.6"]
+    with EmulatorProcess(options) as emu:
+        yield emu
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_SIGNATURE
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_text2img_generates_every_row_once_under_the_shared_cap(
+    capped_emulator: EmulatorProcess,
+) -> None:
+    from modelslab_async.ray import Text2Img
+
+    items = [{"prompt": f"a red fox #{i}", "row_id": i, "tag": f"t{i % 7}"} for i in range(59)]
+    items.append({"prompt": "", "row_id": 59, "tag": "bad"})  # fails as data
+    items[7]["width"] = 128  # a request-field column sets its row's field
+    items[3]["seed"] = 42
+    for item in items:
+        item.setdefault("width", None)  # null: the default (64)
+        item.setdefault("seed", None)
+    ds = ray.data.from_items(items).map_batches(
+        Text2Img,
+        fn_constructor_kwargs={
+            "api_key": "test-key",
+            "base_url": capped_emulator.base_url,
+            "limit": 5,
+            "slots_name": fresh(),
+            "width": 64,
+            "height": 64,
+        },
+        concurrency=3,
+        num_cpus=0.25,
+        batch_size=10,
+    )
+    rows = ds.take_all()
+
+    assert sorted(r["row_id"] for r in rows) == list(range(60))  # each row once
+    by_id = {r["row_id"]: r for r in rows}
+    assert all(r["tag"] == items[r["row_id"]]["tag"] for r in rows)  # metadata carried
+    bad = by_id.pop(59)
+    assert (bad["image"], bad["job_id"]) == (None, None)
+    assert bad["error"].startswith("RequestValidationError: prompt")
+    assert [r["error"] for r in by_id.values() if r["error"]] == []
+    sizes = {i: png_size(r["image"]) for i, r in by_id.items()}  # served PNGs
+    assert sizes.pop(7) == (128, 64)
+    assert set(sizes.values()) == {(64, 64)}
+    stats = capped_emulator.stats()
+    jobs = stats["jobs"]
+    assert sorted(r["job_id"] for r in by_id.values()) == sorted(jobs)  # 59 jobs, all ours
+    assert by_id[3]["seed"] == 42  # a seed column sets the seed; the others are the server's
+    assert all(isinstance(r["seed"], int) for r in by_id.values())
+    assert stats["duplicate_submissions"] == 0
+    assert stats["queue_limited"] <= 3
+
+
+async def test_text2img_called_directly_takes_any_batch_format_and_one_row_per_image(
+    capped_emulator: EmulatorProcess,
+) -> None:
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    from modelslab_async.ray import Text2Img
+
+    udf = Text2Img(
+        api_key="test-key",
+        base_url=capped_emulator.base_url,
+        limit=2,
+        slots_name=fresh(),
+        prompt_column="text",
+        width=64,
+        height=64,
+    )
+    try:
+        numpy_out = await udf({"text": np.array(["a", "b"]), "n": np.array([1, 2])})
+        assert numpy_out.column_names == ["text", "n", "image", "job_id", "seed", "error"]
+        assert numpy_out.column("n").to_pylist() == [1, 2]
+        pandas_out = await udf(pd.DataFrame({"text": ["c"], "samples": [2], "seed": [7]}))
+        assert pandas_out.num_rows == 2  # samples=2: a row per image, same job
+        assert len(set(pandas_out.column("job_id").to_pylist())) == 1
+        assert pandas_out.column("seed").to_pylist() == [7, 7]
+        arrow_out = await udf(pa.table({"text": ["d", None]}))
+        assert arrow_out.column("error").to_pylist()[0] is None
+        assert arrow_out.column("error").to_pylist()[1].startswith("RequestValidationError")
+        for clash in ({"text": ["e"], "image": [b""]}, {"prompt": ["e"]}, {"txt": ["e"]}):
+            with pytest.raises(ConfigurationError):
+                await udf(pa.table(clash))
+    finally:
+        await udf.aclose()
+    images = [*numpy_out.column("image").to_pylist(), *pandas_out.column("image").to_pylist()]
+    assert all(png_size(image) == (64, 64) for image in images)
+    assert capped_emulator.stats()["total_jobs"] == 4
+
+
+def test_text2img_bad_options_name_the_field() -> None:
+    from modelslab_async import RequestValidationError
+    from modelslab_async.ray import Text2Img
+
+    for kwargs, error, field in [
+        ({"limit": 0}, ConfigurationError, "limit"),
+        ({"limit": "many"}, ConfigurationError, "limit"),
+        ({"prompt_column": ""}, ConfigurationError, "prompt_column"),
+        ({"prompt": "a fox"}, ConfigurationError, "prompt"),
+        ({"width": 5000}, RequestValidationError, "width"),
+        ({"colour": "red"}, RequestValidationError, "colour"),
+    ]:
+        with pytest.raises(error, match=field):
+            Text2Img(api_key="k", **kwargs)
+
+
+def test_the_ray_pipeline_example_writes_parquet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runpy
+
+    import pyarrow.parquet as pq
+
+    monkeypatch.delenv("MODELSLAB_API_KEY", raising=False)  # the example's local emulator
+    main = runpy.run_path(str(ROOT / "examples/ray_pipeline.py"))["main"]
+    source = tmp_path / "prompts.csv"
+    source.write_text((ROOT / "examples/prompts.csv").read_text() + ",bad row,\n")
+    argv = [str(source), str(tmp_path / "out"), "--width", "64", "--height", "64"]
+    assert main(argv) == 0  # on this module's Ray
+
+    rows = pq.read_table(tmp_path / "out").to_pylist()
+    assert sorted(r["style"] for r in rows) == sorted(
+        ["photo", "oil painting", "photo", "watercolor", "photo", "film noir", "bad row"]
+    )
+    bad = [r for r in rows if r["style"] == "bad row"]
+    assert bad[0]["error"].startswith("RequestValidationError: prompt")
+    done = [r for r in rows if r["style"] != "bad row"]
+    assert all(r["error"] is None and png_size(r["image"]) == (64, 64) for r in done)
+    assert sorted(r["seed"] for r in done if r["prompt"].startswith("a red fox")) == [1]
+    assert len({r["job_id"] for r in done}) == 6
