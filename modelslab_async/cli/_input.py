@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from typing import IO, Any
 
 import anyio
@@ -88,15 +88,25 @@ def _open_binary(source: str) -> IO[bytes]:
     return open(source, "rb")
 
 
-def dataset_rows(source: str, fmt: str) -> Iterable[Mapping[str, Any]]:
-    """The rows of a csv or parquet file, read by ``modelslab_async.datasets.read_rows``
-    (imported only here: it needs the ``datasets`` extra)."""
+def dataset_rows(source: str, fmt: str) -> Iterator[Mapping[str, Any]]:
+    """The items of a csv or parquet file, read by ``modelslab_async.datasets.read_rows``
+    (imported only here): each row's request fields as given (an empty cell leaves the
+    command line's default; metadata columns are not request fields and are not sent), or
+    an :class:`Unreadable` for a row that could not be read at all."""
     try:
         datasets = importlib.import_module("modelslab_async.datasets")
     except ImportError as exc:
         raise InputError(f"{fmt} input needs modelslab_async.datasets ({exc})") from None
-    rows: Iterable[Mapping[str, Any]] = datasets.read_rows(source, input_format=fmt)
-    return rows
+    for row in datasets.read_rows(source, input_format=fmt):
+        if row.error is not None and not row.fields:  # e.g. more values than columns
+            error = row.error
+            yield Unreadable(error.field, error.value, error.allowed)
+            continue
+        yield {
+            name: value
+            for name, value in row.fields.items()
+            if name == "prompt" or not (value is None or value == "")
+        }
 
 
 Chunk = tuple[int, bytes | None] | Mapping[str, Any] | BaseException | None
@@ -173,6 +183,9 @@ async def read_items(
                 return
             if isinstance(chunk, BaseException):
                 raise InputError(f"cannot read {name}: {chunk}")
+            if isinstance(chunk, Unreadable):  # a dataset row that could not be read
+                yield chunk
+                continue
             if isinstance(chunk, Mapping):
                 yield {**defaults, **chunk}
                 continue
