@@ -296,3 +296,14 @@ async def test_the_prompt_column_names_the_prompt_of_files_output_too(
     assert code == 0
     meta = await sent_meta(emu, records[0]["job_id"])
     assert (meta.prompt, meta.seed) == ("a grey cat", 9)
+
+
+async def test_a_dataset_from_stdin_or_with_json_exits_2(emu: Emulator, tmp_path: Path) -> None:
+    source = input_parquet(tmp_path / "in.parquet", rows=3)
+    code, stderr = await run_cli(emu, tmp_path, source, "--output-format", "parquet", "--json")
+    assert code == 2
+    assert "--json" in stderr
+    code, stderr = await run_cli(emu, tmp_path, Path("-"), "--output-format", "webdataset")
+    assert code == 2
+    assert "standard input" in stderr
+    assert emu.stats.total_jobs == 0
