@@ -31,7 +31,7 @@ from ._errors import (
     RequestValidationError,
 )
 from ._poller import Poller, PollerStats, PollPolicy, _Tracked
-from ._redact import mask
+from ._redact import Secret, mask
 from ._slots import AdaptiveLimit, Lease, LocalSlots, Slots
 from ._transport import RetryPolicy, SubmitWatch, Timeouts, Transport, is_testing
 from ._types import BatchResult, GeneratedImage, Generation, Job, Text2ImgRequest
@@ -113,7 +113,10 @@ class Client:
         retry_ambiguous_submits: bool = False,
         webhook: WebhookReceiver | None = None,
     ) -> None:
-        key = api_key if api_key is not None else os.environ.get(C.ENV_API_KEY)
+        # Only the masked key stays a local of this frame (tracebacks capture locals).
+        api_key = key = Secret(
+            api_key if api_key is not None else os.environ.get(C.ENV_API_KEY, "")
+        )
         if not key or not key.strip():
             raise ConfigurationError(
                 f"no API key: pass api_key=... or set the {C.ENV_API_KEY} environment variable"
@@ -157,6 +160,8 @@ class Client:
         self._webhook = webhook
 
     def __repr__(self) -> str:
+        if "_transport" not in vars(self):  # __init__ raised (a traceback reporter asks)
+            return "Client(<not constructed>)"
         shared = (
             "" if isinstance(self._slots, LocalSlots) else f", slots={type(self._slots).__name__}"
         )

@@ -33,8 +33,15 @@ AUTO_DECREASE_COOLDOWN = 1.0  # and the fewest seconds between two halvings.
 AUTO_BATCH_WIDTH = 64  # generate_many's items in progress when the limit is learned
 FINISHED_JOBS_KEPT = 4096  # resolved jobs a client remembers for a late wait()
 
+# The largest API answer read (a real one is a few kB); a larger one is refused unparsed.
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+
 # Downloads.
 DEFAULT_MAX_IMAGE_BYTES = 50 * 1024 * 1024
+#: Redirects a download follows (http(s) only, never from https to http).
+MAX_DOWNLOAD_REDIRECTS = 3
+#: The longest job-id part of an image's file name; a longer id is cut and given a hash.
+MAX_FILE_STEM_ID = 100
 DEFAULT_DOWNLOAD_NOT_READY_RETRIES = 8
 DEFAULT_DOWNLOAD_CHUNK = 64 * 1024
 

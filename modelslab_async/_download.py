@@ -1,13 +1,24 @@
-"""Image download and base64 decoding, with atomic file writes.
+"""Image download and base64 decoding, with atomic, durable file writes.
 
 A link that answers 404/403 shortly after ``success`` is "not there yet" (the CDN lags the
 GPU) and is retried with backoff up to ``not_ready_timeout`` seconds; other failures
 (5xx, reset, cut-off body) are retried under the transport's policy; after the primary
-link keeps failing, its ``proxy_links`` mirror is tried. A body is streamed to a
-``.part`` file beside its destination and moved into place with ``os.replace`` only after
-its length (``Content-Length``) and image signature (PNG/JPEG/WebP/GIF) check out, so a
-crash never leaves a partial file under a final name. Files are named
-``{job_id}-{index}.{ext}``, so a rerun overwrites its own files and nothing else.
+link keeps failing, its ``proxy_links`` mirror is tried.
+
+Limits: http(s) links only; at most ``MAX_DOWNLOAD_REDIRECTS`` redirects, http(s) only and
+never from https to http (a download never carries the key); the body is asked for and
+accepted only without a content encoding (``Accept-Encoding: identity``), so the size cap
+counts the bytes that are kept, and a gzip bomb is refused before it is inflated.
+
+A body is streamed to a ``.part`` file beside its destination, fsynced, and moved into place
+with ``os.replace`` only after its length (``Content-Length``) and image signature
+(PNG/JPEG/WebP/GIF) check out, so a crash never leaves a partial file under a final name,
+and a manifest's ``done`` record (fsynced after) never points at data still in the page
+cache. Each ``.part`` file is locked (``flock``) by its writer until it is renamed, so
+:func:`remove_stale_parts` removes only parts of processes that are gone. Files are named
+``{job_id}-{index}.{ext}`` (a very long id is cut and given a hash), so a rerun overwrites
+its own files and nothing else. An ``OSError`` writing a file is that image's
+:class:`DownloadError`.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import os
 import random
 import re
@@ -27,12 +39,20 @@ from urllib.parse import urlsplit
 import aiohttp
 import anyio
 import attrs
+from yarl import URL
 
 from . import _constants as C
 from ._errors import DownloadError, JobId, ModelsLabError, TransportError
 from ._redact import excerpt
-from ._transport import Transport, _AttemptFailed, _Outcome, is_testing
+from ._transport import Transport, _AttemptFailed, _Outcome, is_testing, number
 from ._types import GeneratedImage, Generation
+
+try:
+    import fcntl
+
+    _LOCKS = True
+except ImportError:  # not POSIX: parts are not locked, and none is removed as stale
+    _LOCKS = False
 
 _SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "png", "image/png"),
@@ -42,6 +62,7 @@ _SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
 )
 _PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last bytes of every PNG
 _DATA_PREFIX = re.compile(rb"^\s*data:[\w/+.-]*;base64,", re.IGNORECASE)
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 PART_SUFFIX = ".part"
 
 
@@ -57,8 +78,6 @@ def sniff(head: bytes) -> tuple[str, str] | None:
 
 def _link_is_base64(url: str, job_id: JobId | None) -> bool:
     """Whether *url* is a ``.base64`` link; a link that is not http(s) is refused."""
-    if url.startswith(("https://", "http://")) and "?" not in url and "#" not in url:
-        return url.endswith(".base64")  # the usual link: no urlsplit needed
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise DownloadError(
@@ -70,32 +89,39 @@ def _link_is_base64(url: str, job_id: JobId | None) -> bool:
 @attrs.frozen(kw_only=True)
 class DownloadPolicy:
     """Limits of a download: ``max_bytes`` per image, ``not_ready_timeout`` seconds of
-    404/403 retries after success, ``chunk_size`` bytes per write.
-
-    An image of at most ``inline_write_max`` bytes is written (``.part``, then renamed)
-    on the event loop, as that costs less than a worker-thread trip; larger ones are
-    written from a worker thread. Set it to 0 when ``dest`` is on a slow or network
-    filesystem, where even a small write may block.
+    404/403 retries after success (waits from ``not_ready_initial`` growing to
+    ``not_ready_max``), ``chunk_size`` bytes per write, ``concurrency`` images of one
+    generation at once. Every field is a positive number (``not_ready_timeout`` may be 0).
     """
 
-    max_bytes: int = C.DEFAULT_MAX_IMAGE_BYTES
-    not_ready_timeout: float = 45.0
-    not_ready_initial: float = 0.25
-    not_ready_max: float = 2.0
-    chunk_size: int = 1024 * 1024
-    concurrency: int = 4
-    inline_write_max: int = 256 * 1024
+    max_bytes: int = attrs.field(
+        default=C.DEFAULT_MAX_IMAGE_BYTES, validator=number(integer=True, above=True)
+    )
+    not_ready_timeout: float = attrs.field(default=45.0, validator=number())
+    not_ready_initial: float = attrs.field(default=0.25, validator=number(above=True))
+    not_ready_max: float = attrs.field(default=2.0, validator=number(above=True))
+    chunk_size: int = attrs.field(default=1024 * 1024, validator=number(integer=True, above=True))
+    concurrency: int = attrs.field(default=4, validator=number(integer=True, above=True))
 
 
 def file_stem(generation: Generation, index: int) -> str:
-    """``{job_id}-{index}``; falls back to the link's own name when the job id is unknown."""
+    """``{job_id}-{index}``; falls back to the link's own name when the job id is unknown.
+
+    Characters other than letters, digits, ``_``, ``.`` and ``-`` become ``_``; an id
+    longer than ``MAX_FILE_STEM_ID`` characters is cut and ends with a hash of the whole
+    id, so names stay unique, stable across reruns, and within file-system limits.
+    """
     job_id = generation.id
     if type(job_id) is int:
         return f"{job_id}-{index}"
     if job_id is None or job_id == "":
         name = Path(urlsplit(generation.output[index]).path).stem if generation.output else ""
-        job_id = re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "image"
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(job_id))
+        job_id = name or "image"
+    text = str(job_id)
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+    if len(safe) > C.MAX_FILE_STEM_ID:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        safe = f"{safe[: C.MAX_FILE_STEM_ID - 17]}-{digest}"
     return f"{safe}-{index}"
 
 
@@ -133,19 +159,25 @@ class Downloader:
             folder = self._made.get(dest)
             if folder is None:
                 folder = Path(dest)
-                await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
+                try:
+                    await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise DownloadError(
+                        f"cannot make the folder {folder}: {exc.strerror or exc}",
+                        url=links[0],
+                        job_id=generation.id,
+                    ) from exc
                 self._made[dest] = folder
-        if len(links) == 1:  # the common case: no task group needed
+        if len(links) == 1:
             return [await self._one(generation, 0, folder)]
         return await self._many(generation, folder)
 
     async def _many(self, generation: Generation, folder: Path | None) -> list[GeneratedImage]:
-        """Several images, at most ``policy.concurrency`` at once. (Apart from
-        :meth:`download`, whose every call would otherwise make the closure's cells.)"""
+        """Several images, at most ``policy.concurrency`` at once."""
         links = generation.output
         results: list[GeneratedImage | None] = [None] * len(links)
         errors: list[ModelsLabError] = []
-        limiter = anyio.CapacityLimiter(max(1, self.policy.concurrency))
+        limiter = anyio.CapacityLimiter(self.policy.concurrency)
 
         async def one(index: int) -> None:
             async with limiter:
@@ -192,56 +224,58 @@ class Downloader:
     async def _from_url(
         self, generation: Generation, index: int, url: str, folder: Path | None
     ) -> GeneratedImage:
+        """One link, under the transport's retry loop; 404/403 ("not there yet") are retried
+        inside each attempt, with backoff, up to ``not_ready_timeout`` from the start."""
         job_id = generation.id
         is_b64 = _link_is_base64(url, job_id)
         stem = file_stem(generation, index)
         started = time.monotonic()
-        # The first try without the retry machinery (it is needed only after a failure).
-        try:
-            return await self._get(url, job_id, index, stem, folder, is_b64)
-        except (_AttemptFailed, _NotReady) as exc:
-            return await self._after_failure(exc, started, url, job_id, index, stem, folder, is_b64)
-
-    async def _after_failure(
-        self,
-        first: _AttemptFailed | _NotReady,
-        started: float,
-        url: str,
-        job_id: JobId | None,
-        index: int,
-        stem: str,
-        folder: Path | None,
-        is_b64: bool,
-    ) -> GeneratedImage:
-        """After a failed first try: 404/403 are retried with backoff up to
-        ``not_ready_timeout`` from *started*; other failures under the transport's policy."""
         not_ready = 0
 
-        async def wait_until_ready(exc: _NotReady) -> None:
-            nonlocal not_ready
-            elapsed = time.monotonic() - started
-            if elapsed >= self.policy.not_ready_timeout:
-                raise DownloadError(
-                    f"{url}: still HTTP {exc.status} {elapsed:.1f}s after the job finished",
-                    url=url,
-                    job_id=job_id,
-                    status_code=exc.status,
-                ) from None
-            wait = min(self.policy.not_ready_max, self.policy.not_ready_initial * 1.6**not_ready)
-            not_ready += 1
-            await anyio.sleep(0.0 if is_testing() else wait)
-
         async def attempt() -> GeneratedImage:
+            nonlocal not_ready
             while True:
                 try:
                     return await self._get(url, job_id, index, stem, folder, is_b64)
                 except _NotReady as exc:
-                    await wait_until_ready(exc)
+                    elapsed = time.monotonic() - started
+                    if elapsed >= self.policy.not_ready_timeout:
+                        raise DownloadError(
+                            f"{url}: still HTTP {exc.status} {elapsed:.1f}s after the job finished",
+                            url=url,
+                            job_id=job_id,
+                            status_code=exc.status,
+                        ) from None
+                    wait = min(
+                        self.policy.not_ready_max, self.policy.not_ready_initial * 1.6**not_ready
+                    )
+                    not_ready += 1
+                    await anyio.sleep(0.0 if is_testing() else wait)
 
-        if isinstance(first, _AttemptFailed):
-            return await self.transport._retry("download", attempt, first.outcome)
-        await wait_until_ready(first)
         return await self.transport.with_retries("download", attempt)
+
+    async def _open(self, url: str, job_id: JobId | None) -> tuple[aiohttp.ClientResponse, str]:
+        """GET *url*, following at most ``MAX_DOWNLOAD_REDIRECTS`` redirects by hand: http(s)
+        only, never from https to http. Returns the final answer (the caller releases it)
+        and its URL."""
+        session = self.transport.session
+        target = url
+        for _ in range(C.MAX_DOWNLOAD_REDIRECTS + 1):
+            resp = await session.get(
+                target,
+                timeout=self._timeout,
+                allow_redirects=False,
+                auto_decompress=False,
+                headers={"Accept-Encoding": "identity"},
+            )
+            if resp.status not in _REDIRECTS:
+                return resp, target
+            location = resp.headers.get("Location")
+            resp.release()
+            target = redirect_target(target, location, url=url, job_id=job_id)
+        raise DownloadError(
+            f"{url}: more than {C.MAX_DOWNLOAD_REDIRECTS} redirects", url=url, job_id=job_id
+        )
 
     async def _get(
         self,
@@ -252,22 +286,30 @@ class Downloader:
         folder: Path | None,
         is_b64: bool,
     ) -> GeneratedImage:
-        session = self.transport.session
         self.transport.counters["download"] += 1
         limit = self.policy.max_bytes * (2 if is_b64 else 1)
         writer: _PartWriter | None = None
         try:
-            async with session.get(url, timeout=self._timeout) as resp:
+            resp, final_url = await self._open(url, job_id)
+            async with resp:
                 if resp.status in (403, 404):
                     raise _NotReady(resp.status)
-                if resp.status >= 400:
+                if resp.status >= 300:
                     raise _AttemptFailed(
                         _Outcome(
                             TransportError(
-                                f"download {url}: HTTP {resp.status}", url=url, kind="http"
+                                f"download {final_url}: HTTP {resp.status}", url=url, kind="http"
                             ),
                             sent=True,
                         )
+                    )
+                encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+                if encoding not in ("", "identity"):
+                    raise DownloadError(
+                        f"{url}: served with Content-Encoding {encoding!r} although none was "
+                        "asked for; refused (the size cap holds for the bytes kept)",
+                        url=url,
+                        job_id=job_id,
                     )
                 expected = resp.content_length
                 if expected is not None and expected > limit:
@@ -276,36 +318,26 @@ class Downloader:
                         url=url,
                         job_id=job_id,
                     )
-                buffer: bytes | bytearray
-                kind: tuple[str, str] | None = None
-                if expected is not None and expected < self.policy.chunk_size:
-                    # Known to fit one write (every image the API makes): one read.
-                    buffer = await resp.read()
-                    received = len(buffer)
-                    head, tail = buffer[:16], buffer[-16:]
-                    if buffer and not is_b64 and (kind := sniff(head)) is None:
-                        _not_an_image(head, resp.status, url, job_id)
-                else:
-                    buffer = acc = bytearray()
-                    received = 0
-                    head = tail = b""
-                    async for chunk in resp.content.iter_chunked(64 * 1024):
-                        received += len(chunk)
-                        if received > limit:
-                            raise DownloadError(
-                                f"{url}: body over the {limit}-byte cap", url=url, job_id=job_id
-                            )
-                        if not head:
-                            head = bytes(chunk[:16])
-                            if not is_b64 and sniff(head) is None:
-                                _not_an_image(head, resp.status, url, job_id)
-                        acc += chunk
-                        tail = (tail + bytes(chunk[-16:]))[-16:]
-                        if folder is not None and not is_b64 and len(acc) >= self.policy.chunk_size:
-                            if writer is None:
-                                writer = await _PartWriter.open(folder, stem)
-                            await writer.write(bytes(acc))
-                            acc.clear()
+                acc = bytearray()
+                received = 0
+                head = tail = b""
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    received += len(chunk)
+                    if received > limit:
+                        raise DownloadError(
+                            f"{url}: body over the {limit}-byte cap", url=url, job_id=job_id
+                        )
+                    if not head:
+                        head = bytes(chunk[:16])
+                        if not is_b64 and sniff(head) is None:
+                            _not_an_image(head, resp.status, url, job_id)
+                    acc += chunk
+                    tail = (tail + bytes(chunk[-16:]))[-16:]
+                    if folder is not None and not is_b64 and len(acc) >= self.policy.chunk_size:
+                        if writer is None:
+                            writer = await _PartWriter.open(folder, stem)
+                        await writer.write(bytes(acc))
+                        acc.clear()
                 if expected is not None and received != expected:
                     raise _AttemptFailed(
                         _Outcome(
@@ -326,24 +358,28 @@ class Downloader:
                     sent=True,
                 )
             ) from exc
+        except OSError as exc:  # the .part file (aiohttp's own OSErrors are ClientErrors)
+            if writer is not None:
+                await writer.discard()
+            raise _write_error(exc, folder, url, job_id) from exc
         except BaseException:
             if writer is not None:
                 with anyio.CancelScope(shield=True):
                     await writer.discard()
             raise
+        kind: tuple[str, str] | None
         if is_b64:
-            if buffer.lstrip()[:1] == b"<":
+            if acc.lstrip()[:1] == b"<":
                 raise _NotReady(200)
-            data = decode_base64_image(bytes(buffer), url=url, job_id=job_id)
+            data = decode_base64_image(bytes(acc), url=url, job_id=job_id)
             kind = sniff(data[:16])
             if kind is None:
                 raise DownloadError(
                     f"{url}: decoded base64 is not an image", url=url, job_id=job_id
                 )
         else:
-            data = bytes(buffer)
-            if kind is None:
-                kind = sniff(head)
+            data = bytes(acc)
+            kind = sniff(head)
             if kind is None:  # empty body
                 raise _AttemptFailed(
                     _Outcome(
@@ -370,22 +406,47 @@ class Downloader:
                 url=url, index=index, job_id=job_id, data=data, content_type=ctype
             )
         final = folder / f"{stem}.{ext}"
-        if writer is None:  # the whole image is in memory: on the loop, or one thread trip
-            if len(data) <= self.policy.inline_write_max:
-                path = _write_inline(folder, stem, data, final)
-            else:
-                path = await anyio.to_thread.run_sync(_write_atomic, folder, stem, data, final)
-            return GeneratedImage(
-                url=url, index=index, job_id=job_id, path=path, content_type=ctype
-            )
         try:
-            await writer.write(data if is_b64 else bytes(buffer))
-            path = await writer.commit(final)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
+            if writer is None:  # the whole image is in memory: one thread trip
+                path = await anyio.to_thread.run_sync(_write_atomic, folder, stem, data, final)
+            else:
+                await writer.write(data)
+                path = await writer.commit(final)
+        except OSError as exc:
+            if writer is not None:
                 await writer.discard()
+            raise _write_error(exc, final, url, job_id) from exc
+        except BaseException:
+            if writer is not None:
+                with anyio.CancelScope(shield=True):
+                    await writer.discard()
             raise
         return GeneratedImage(url=url, index=index, job_id=job_id, path=path, content_type=ctype)
+
+
+def redirect_target(current: str, location: str | None, *, url: str, job_id: JobId | None) -> str:
+    """Where a download redirect from *current* to *location* leads: an absolute http(s)
+    URL, never from https to http; else DownloadError."""
+    if not location:
+        raise DownloadError(f"{current}: a redirect without a Location", url=url, job_id=job_id)
+    try:
+        following = str(URL(current).join(URL(location)))
+    except ValueError:
+        following = location
+    before, after = urlsplit(current).scheme, urlsplit(following).scheme
+    if after not in ("http", "https") or (before == "https" and after == "http"):
+        raise DownloadError(
+            f"{url}: refusing a redirect from {before} to {after or 'an unknown'} link {following}",
+            url=url,
+            job_id=job_id,
+        )
+    return following
+
+
+def _write_error(exc: OSError, where: Path | None, url: str, job_id: JobId | None) -> DownloadError:
+    return DownloadError(
+        f"cannot write {exc.filename or where}: {exc.strerror or exc}", url=url, job_id=job_id
+    )
 
 
 def _not_an_image(head: bytes, status: int, url: str, job_id: JobId | None) -> NoReturn:
@@ -403,30 +464,33 @@ class _NotReady(Exception):
 
 
 class _PartWriter:
-    """A ``.part`` file written from a worker thread, renamed into place on commit."""
+    """A locked ``.part`` file written from a worker thread, fsynced and renamed into place
+    on commit."""
 
-    def __init__(self, path: Path, handle: object) -> None:
+    def __init__(self, path: str, handle: BinaryIO) -> None:
         self.path = path
         self._handle = handle
 
     @classmethod
     async def open(cls, folder: Path, stem: str) -> _PartWriter:
-        path = _part_path(folder, stem)
-        handle = await anyio.to_thread.run_sync(_open_part, path)
-        return cls(path, handle)
+        def create() -> _PartWriter:
+            fd, path = _create_part(folder, stem)
+            return cls(path, os.fdopen(fd, "wb"))
+
+        return await anyio.to_thread.run_sync(create)
 
     async def write(self, data: bytes) -> None:
-        handle = self._handle
-        await anyio.to_thread.run_sync(handle.write, data)  # type: ignore[attr-defined]
+        await anyio.to_thread.run_sync(self._handle.write, data)
 
     async def commit(self, final: Path) -> Path:
         handle = self._handle
         path = self.path
 
         def finish() -> None:
-            handle.flush()  # type: ignore[attr-defined]
-            handle.close()  # type: ignore[attr-defined]
-            os.replace(path, final)
+            handle.flush()
+            os.fsync(handle.fileno())
+            os.replace(path, final)  # before close: the lock is held until the name is gone
+            handle.close()
 
         await anyio.to_thread.run_sync(finish)
         return final
@@ -437,9 +501,11 @@ class _PartWriter:
 
         def drop() -> None:
             try:
-                handle.close()  # type: ignore[attr-defined]
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             finally:
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    handle.close()
 
         await anyio.to_thread.run_sync(drop)
 
@@ -448,49 +514,51 @@ def _part_name(stem: str) -> str:
     return f".{stem}.{random.getrandbits(32):08x}{PART_SUFFIX}"
 
 
-def _part_path(folder: Path, stem: str) -> Path:
-    return folder / _part_name(stem)
+_PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
 
-def _open_part(path: Path) -> BinaryIO:
-    """Open a ``.part`` file for writing; its folder is made again if it was removed since
-    the downloader made it (it makes each folder once)."""
-    try:
-        return open(path, "wb")
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "wb")
+def _create_part(folder: Path, stem: str) -> tuple[int, str]:
+    """Create and lock a new ``.part`` file for *stem* in *folder* (made again if it was
+    removed since the downloader made it); returns its descriptor and path.
 
-
-def _write_inline(folder: Path, stem: str, data: bytes, final: Path) -> Path:
-    """:func:`_write_atomic` on the event loop, for an image of at most
-    ``DownloadPolicy.inline_write_max`` bytes: a few page-cache writes cost less (about
-    50 µs of CPU here) than the trip to a worker thread and back (about 110 µs, mostly GIL
-    and futex hand-offs), both measured on a 2-core CI machine."""
-    return _write_atomic(folder, stem, data, final)
-
-
-_PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+    The lock is held until the file is renamed or removed: :func:`remove_stale_parts`
+    skips locked parts. A clean-up can still remove the file between its creation and the
+    lock; that is seen (no link left) and the part is created anew.
+    """
+    while True:
+        path = os.path.join(folder, _part_name(stem))
+        try:
+            fd = os.open(path, _PART_FLAGS, 0o666)
+        except FileNotFoundError:
+            folder.mkdir(parents=True, exist_ok=True)
+            continue
+        except FileExistsError:
+            continue
+        if not _LOCKS:
+            return fd, path
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink > 0:
+                return fd, path
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
 
 
 def _write_atomic(folder: Path, stem: str, data: bytes, final: Path) -> Path:
-    """Write *data* to a ``.part`` file, then rename it to *final* (from a worker thread, or
-    on the loop through :func:`_write_inline`). Plain ``os`` calls: a buffered file object
-    would add an fstat, an isatty ioctl and an lseek to every file."""
-    part = os.path.join(folder, _part_name(stem))
+    """Write *data* to a locked ``.part`` file, fsync it, then rename it to *final* (from a
+    worker thread)."""
+    fd, part = _create_part(folder, stem)
     try:
-        try:
-            fd = os.open(part, _PART_FLAGS, 0o666)
-        except FileNotFoundError:  # the folder was removed since it was made
-            folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(part, _PART_FLAGS, 0o666)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            os.replace(part, final)  # before close: the lock is held until the name is gone
         finally:
             os.close(fd)
-        os.replace(part, final)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(part)
@@ -499,15 +567,32 @@ def _write_atomic(folder: Path, stem: str, data: bytes, final: Path) -> Path:
 
 
 def remove_stale_parts(folder: str | os.PathLike[str]) -> int:
-    """Delete ``.part`` files this module left behind (a killed run); returns the count."""
+    """Delete the ``.part`` files in *folder* that no live process is writing (left by a
+    killed run); returns the count. A part is removed only while its lock is taken here,
+    so another process's download in progress is never touched. Without ``fcntl`` (not
+    POSIX), nothing is removed."""
     removed = 0
     root = Path(folder)
-    if not root.is_dir():
+    if not _LOCKS or not root.is_dir():
         return 0
     for path in root.glob(f".*{PART_SUFFIX}"):
-        if re.fullmatch(r"\..+\.[0-9a-f]{8}\.part", path.name):
-            path.unlink(missing_ok=True)
-            removed += 1
+        if not re.fullmatch(r"\..+\.[0-9a-f]{8}\.part", path.name):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # renamed or removed meanwhile
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live writer holds it
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    os.unlink(path)
+                    removed += 1
+        finally:
+            os.close(fd)
     return removed
 
 
@@ -525,6 +610,7 @@ __all__: Sequence[str] = [
     "Downloader",
     "decode_base64_image",
     "file_stem",
+    "redirect_target",
     "remove_stale_parts",
     "sniff",
     "verify_image_file",

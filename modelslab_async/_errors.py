@@ -4,6 +4,7 @@
 ModelsLabError
 ├── RequestValidationError (+ ValueError)    bad input, raised before any network call
 ├── ConfigurationError (+ ValueError)        missing key, bad base URL or option
+│   └── ManifestLockedError                  another run holds the manifest (its pid)
 ├── ClientStateError (+ RuntimeError)        client used outside ``async with``
 ├── APIError                                 the API answered with an error
 │   ├── AuthenticationError                  invalid / missing key, HTTP 401/403
@@ -11,6 +12,7 @@ ModelsLabError
 │   ├── InsufficientCreditsError             out of credits, HTTP 402 (stops a batch)
 │   ├── BadRequestError                      the API rejected the request (validation, model)
 │   │   └── JobNotFoundError                 a recorded job id the API no longer knows
+│   ├── RedirectError                        a 3xx answer to an API call (never followed)
 │   └── ServerError                          HTTP 5xx
 ├── GenerationFailed                         the job ended ``failed`` / ``error``
 ├── GenerationTimeout (+ TimeoutError)       the job did not resolve in time
@@ -20,15 +22,16 @@ ModelsLabError
 └── DownloadError                            an image could not be downloaded or decoded
 ```
 
-Every message is one line and never contains the API key (see ``_redact``). Job-scoped
-errors carry ``job_id``; request-scoped ones carry ``url`` where one exists.
+Every message is one line, at most a few thousand characters (longer ones are cut, with a
+marker), and never contains the API key (see ``_redact``). Job-scoped errors carry
+``job_id``; request-scoped ones carry ``url`` where one exists.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ._redact import redact
+from ._redact import redact, truncate
 
 JobId = int | str
 
@@ -37,7 +40,7 @@ class ModelsLabError(Exception):
     """Base class of every error the SDK raises."""
 
     def __init__(self, message: str) -> None:
-        self.message = redact(message)
+        self.message = truncate(redact(message))
         super().__init__(self.message)
 
     def __str__(self) -> str:
@@ -78,6 +81,23 @@ class ConfigurationError(ModelsLabError, ValueError):
     """The client is misconfigured (missing key, bad base URL, bad option)."""
 
 
+class ManifestLockedError(ConfigurationError):
+    """Another run (process ``pid``, None if unknown) holds the manifest at ``path``.
+
+    One run per manifest: two runs on one output folder would submit (and pay for) the same
+    items twice. The lock is released when the holder ends, however it ends.
+    """
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        self.path = path
+        self.pid = pid
+        holder = f"process {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"manifest {path} is in use by {holder} (one run per manifest): wait for that "
+            "run to end, or give this one another output folder or manifest"
+        )
+
+
 class ClientStateError(ModelsLabError, RuntimeError):
     """The client is used outside its ``async with`` block or after it closed."""
 
@@ -101,10 +121,10 @@ class APIError(ModelsLabError):
         body: str | None = None,
     ) -> None:
         self.status_code = status_code
-        self.api_message = redact(api_message) if api_message is not None else None
+        self.api_message = truncate(redact(api_message)) if api_message is not None else None
         self.url = redact(url) if url is not None else None
         self.job_id = job_id
-        self.body = body
+        self.body = truncate(redact(body)) if body is not None else None
         super().__init__(message)
 
 
@@ -153,6 +173,20 @@ class BadRequestError(APIError):
     """The API rejected the request itself (validation error, unknown model)."""
 
 
+class RedirectError(APIError):
+    """An API call was answered with a redirect (HTTP 3xx), which is never followed.
+
+    The key travels in the request body, and a client that follows a 307/308 re-sends the
+    body to whatever host the answer names. ``location`` is where the answer pointed; the
+    message names its host. Usually ``base_url`` is not the API's final address (an
+    ``http://`` URL the server upgrades to ``https://``, a moved path): set it to the final one.
+    """
+
+    def __init__(self, message: str, *, location: str | None = None, **kw: Any) -> None:
+        self.location = redact(location) if location is not None else None
+        super().__init__(message, **kw)
+
+
 class JobNotFoundError(BadRequestError):
     """A rerun fetched a job id its manifest recorded, and the API answered "not found".
 
@@ -177,7 +211,7 @@ class GenerationFailed(ModelsLabError):
         self, job_id: JobId | None, api_message: str | None = None, *, transient: bool = False
     ) -> None:
         self.job_id = job_id
-        self.api_message = redact(api_message) if api_message is not None else None
+        self.api_message = truncate(redact(api_message)) if api_message is not None else None
         self.transient = transient
         what = f"job {job_id}" if job_id not in (None, "") else "job"
         super().__init__(f"{what} failed: {self.api_message or 'no message from the API'}")
@@ -226,7 +260,7 @@ class ResponseFormatError(ModelsLabError):
     ) -> None:
         self.status_code = status_code
         self.url = redact(url) if url is not None else None
-        self.body = body
+        self.body = truncate(redact(body)) if body is not None else None
         self.path = path
         super().__init__(message)
 

@@ -14,7 +14,14 @@ batch report); a reader must accept records without them.
 
 Records are written by a worker thread and fsynced in groups: every caller of
 :meth:`Manifest.append` returns once its record is on disk. A line cut off by a crash is
-ignored when the manifest is read back. The API key never appears in it.
+ignored when the manifest is read back. The API key never appears in it, and an error's
+message is cut to a few thousand characters.
+
+One run per manifest: :meth:`Manifest.open` takes an exclusive lock (``flock``) on
+``<manifest>.lock`` beside it, which names the holder's pid, and raises
+:class:`ManifestLockedError` while another run holds it. The OS releases the lock when its
+holder ends, however it ends (``kill -9`` included); a clean close also removes the file.
+Not POSIX (no ``fcntl``): no lock is taken.
 """
 
 from __future__ import annotations
@@ -29,8 +36,15 @@ from typing import Any, Literal
 import anyio
 import attrs
 
-from ._errors import JobId, ModelsLabError
-from ._redact import redact
+from ._errors import JobId, ManifestLockedError, ModelsLabError
+from ._redact import redact, truncate
+
+try:
+    import fcntl
+
+    _LOCKS = True
+except ImportError:  # not POSIX
+    _LOCKS = False
 
 State = Literal["submitted", "done", "failed"]
 
@@ -108,7 +122,7 @@ def _optional(kind: type[Any], value: Any) -> Any:
 
 def error_record(error: BaseException) -> dict[str, str]:
     """The ``error`` object of a failed record: the class name and a redacted message."""
-    info = {"type": type(error).__name__, "message": redact(str(error))}
+    info = {"type": type(error).__name__, "message": truncate(redact(str(error)))}
     job_id = getattr(error, "job_id", None)
     if job_id not in (None, ""):
         info["job_id"] = str(job_id)
@@ -140,11 +154,44 @@ def load_state(path: str | os.PathLike[str]) -> dict[int, ManifestRecord]:
     return state
 
 
+def _take_lock(lock_path: Path, manifest: Path) -> int | None:
+    """Lock *lock_path* for this process (its pid written in it) and return the descriptor;
+    ManifestLockedError if another process holds it. None where there is no ``flock``."""
+    if not _LOCKS:
+        return None
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip()
+            os.close(fd)
+            pid = int(holder) if holder.isdigit() else None
+            raise ManifestLockedError(str(manifest), pid) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # The previous holder may have removed the file between our open and our lock:
+        # then this lock is on a file no one else will open. Start again.
+        try:
+            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)
+
+
 class Manifest:
-    """An append-only JSONL manifest with group-committed, fsynced writes."""
+    """An append-only JSONL manifest with group-committed, fsynced writes, held by one run
+    at a time (see the module docstring)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._lock_fd: int | None = None
         self._handle: Any = None
         self._pending: list[str] = []
         self._lock = anyio.Lock()
@@ -153,22 +200,44 @@ class Manifest:
         self._error: OSError | None = None
 
     async def open(self) -> Manifest:
-        """Read the previous run's state and open the file for appending."""
+        """Take the manifest's lock, read the previous run's state and open the file for
+        appending. Raises ManifestLockedError (naming the holder's pid) while another run
+        holds it."""
 
         def _open() -> tuple[dict[int, ManifestRecord], Any]:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            previous = load_state(self.path)
-            handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-            # A torn last line (crash mid-write) must not glue onto the next record.
-            if handle.tell() > 0:
-                with open(self.path, "rb") as check:
-                    check.seek(-1, os.SEEK_END)
-                    if check.read(1) != b"\n":
-                        handle.write("\n")
+            self._lock_fd = _take_lock(self.lock_path, self.path)
+            try:
+                previous = load_state(self.path)
+                handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+                # A torn last line (crash mid-write) must not glue onto the next record.
+                if handle.tell() > 0:
+                    with open(self.path, "rb") as check:
+                        check.seek(-1, os.SEEK_END)
+                        if check.read(1) != b"\n":
+                            handle.write("\n")
+            except BaseException:
+                self._release()
+                raise
             return previous, handle
 
         self.previous, self._handle = await anyio.to_thread.run_sync(_open)
         return self
+
+    @property
+    def locked(self) -> bool:
+        """True while this manifest holds its lock (between open and close)."""
+        return self._lock_fd is not None
+
+    def _release(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            try:
+                os.unlink(self.lock_path)  # while still holding it: see _take_lock
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     async def append(self, record: ManifestRecord) -> None:
         """Append *record*; returns once it (and any record queued before it) is fsynced.
@@ -202,10 +271,18 @@ class Manifest:
         self.written += len(lines)
 
     async def close(self) -> None:
+        """Close the file and release the lock."""
         handle, self._handle = self._handle, None
-        if handle is not None:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(handle.close)
+
+        def _close() -> None:
+            try:
+                if handle is not None:
+                    handle.close()
+            finally:
+                self._release()
+
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_close)
 
 
 def _redacted(data: dict[str, Any]) -> dict[str, Any]:

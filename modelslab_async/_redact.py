@@ -1,8 +1,12 @@
-"""Keeps API keys out of messages, reprs and log records.
+"""Keeps API keys out of messages, reprs, tracebacks and log records, and bounds messages.
 
 Every client registers its key here; every exception message and body excerpt is passed
 through :func:`redact`, and :class:`RedactingFilter` scrubs log records of the package's
-loggers. Keys are held only in memory, in this process.
+loggers. The key itself is held as a :class:`Secret`, whose ``repr`` masks it, so error
+reporters that capture the locals of every frame of a traceback (Sentry, ``pytest
+--showlocals``, ``traceback.TracebackException(capture_locals=True)``) never see it. Keys
+are held only in memory, in this process. :func:`truncate` bounds the text an error
+carries (an API's error message can be megabytes).
 """
 
 from __future__ import annotations
@@ -14,6 +18,30 @@ from typing import Any
 _lock = threading.Lock()
 _secrets: dict[str, int] = {}
 MASK = "***"
+#: The longest message an exception, a log record or a manifest record carries.
+MAX_MESSAGE_LENGTH = 4000
+
+
+class Secret(str):
+    """A string (the API key) whose ``repr`` masks it.
+
+    It is still a ``str``: JSON serialisation writes its characters, which is where the key
+    must appear (the request body). A dict holding it, such as a request body before it is
+    serialised, shows ``***(N chars)`` in reprs and in the frame locals of tracebacks.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return mask(self)
+
+
+def truncate(text: str, limit: int = MAX_MESSAGE_LENGTH) -> str:
+    """*text* cut to at most *limit* characters, with a marker saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    marker = f" ... [cut: {len(text)} characters in all]"
+    return text[: limit - len(marker)] + marker
 
 
 def register_secret(secret: str) -> None:
@@ -57,13 +85,12 @@ class RedactingFilter(logging.Filter):
     """A logging filter that masks registered secrets in the message and its arguments."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _secrets:
-            try:
-                message = record.getMessage()
-            except Exception:  # a broken format string is the caller's bug; keep the record
-                return True
-            record.msg = redact(message)
-            record.args = None
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string is the caller's bug; keep the record
+            return True
+        record.msg = truncate(redact(message))
+        record.args = None
         return True
 
 

@@ -13,7 +13,11 @@ The poller stays the safety net: a webhook job's first check is pushed back to
 
 Answers: 200 for a known ``track_id``; 403 without the receiver's token; 404 for an
 unknown ``track_id``; 400 for a body that is not a JSON object; 413 over ``max_body``;
-405 for other methods.
+408 for a body not received within ``read_timeout``; 405 for other methods.
+
+The token is checked before a byte of the body is read (compared as bytes, in constant
+time), and reading stops at ``max_body``: a client without the token, or with an endless
+body, costs neither memory nor more than ``read_timeout`` seconds of a handler.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import secrets
 import socket
 import time
@@ -28,6 +33,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
+import aiohttp
 import anyio
 from aiohttp import web
 
@@ -50,7 +56,8 @@ class WebhookReceiver:
     ``public_url`` is the URL the API can reach the receiver at (set later with
     :meth:`set_public_url` when the port is not known yet). ``token`` (default: a random
     one) is added to it as ``?token=...`` and required on every POST; pass
-    ``token=None`` to accept POSTs without one. Bodies over ``max_body`` bytes are refused.
+    ``token=None`` to accept POSTs without one. Bodies over ``max_body`` bytes are refused,
+    and so are bodies that take over ``read_timeout`` seconds to arrive.
     """
 
     def __init__(
@@ -60,9 +67,17 @@ class WebhookReceiver:
         token: str | None = "",
         max_body: int = 256 * 1024,
         min_wake_interval: float = 0.25,
+        read_timeout: float = 10.0,
     ) -> None:
+        for name, value in (("max_body", max_body), ("read_timeout", read_timeout)):
+            if isinstance(value, bool) or not (
+                isinstance(value, int | float) and math.isfinite(value) and value > 0
+            ):
+                raise ConfigurationError(f"{name}: got {value!r}, allowed a finite number > 0")
         self.token = secrets.token_urlsafe(18) if token == "" else token
+        self._token_bytes = self.token.encode() if self.token is not None else None
         self.max_body = max_body
+        self.read_timeout = read_timeout
         self.min_wake_interval = min_wake_interval
         self._public_url: str | None = None
         self._expected: dict[str, Callable[[], None]] = {}
@@ -74,6 +89,7 @@ class WebhookReceiver:
             "forbidden": 0,
             "bad_json": 0,
             "too_large": 0,
+            "too_slow": 0,
         }
         if public_url is not None:
             self.set_public_url(public_url)
@@ -127,16 +143,42 @@ class WebhookReceiver:
 
     # --- the one decision, shared by both servers ----------------------------------------
 
-    def handle(self, body: bytes, query_token: str | None) -> tuple[int, str]:
+    def token_ok(self, query_token: str | bytes | None) -> bool:
+        """Whether *query_token* is the receiver's token (compared as bytes, in constant
+        time; any text, ASCII or not, is a fair guess that is simply wrong)."""
+        if self._token_bytes is None:
+            return True
+        if query_token is None:
+            return False
+        given = (
+            query_token
+            if isinstance(query_token, bytes)
+            else query_token.encode("utf-8", "surrogateescape")
+        )
+        return hmac.compare_digest(given, self._token_bytes)
+
+    def _forbidden(self) -> tuple[int, str]:
+        self.stats["forbidden"] += 1
+        return 403, "forbidden"
+
+    def _too_large(self) -> tuple[int, str]:
+        self.stats["too_large"] += 1
+        return 413, "payload too large"
+
+    def _too_slow(self) -> tuple[int, str]:
+        self.stats["too_slow"] += 1
+        return 408, "body not received in time"
+
+    def handle(self, body: bytes, query_token: str | bytes | None) -> tuple[int, str]:
         """Decide the answer to one POST: (HTTP status, short reason)."""
-        if self.token is not None and not (
-            query_token is not None and hmac.compare_digest(query_token, self.token)
-        ):
-            self.stats["forbidden"] += 1
-            return 403, "forbidden"
+        if not self.token_ok(query_token):
+            return self._forbidden()
         if len(body) > self.max_body:
-            self.stats["too_large"] += 1
-            return 413, "payload too large"
+            return self._too_large()
+        return self._decide(body)
+
+    def _decide(self, body: bytes) -> tuple[int, str]:
+        """The answer to a POST whose token was checked, from its body (within the cap)."""
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError):
@@ -171,23 +213,29 @@ class WebhookReceiver:
         """An aiohttp.web handler: ``app.router.add_post("/hook", receiver.aiohttp_handler)``."""
         if request.method != "POST":
             return web.Response(status=405, text="method not allowed")
+        status, reason = await self._aiohttp_answer(request)
+        return web.Response(status=status, text=reason)
+
+    async def _aiohttp_answer(self, request: web.Request) -> tuple[int, str]:
+        if not self.token_ok(request.query.get("token")):
+            return self._forbidden()  # before a byte of the body is read
         if request.content_length is not None and request.content_length > self.max_body:
-            status, reason = self.handle(b"x" * (self.max_body + 1), request.query.get("token"))
-            if status != 413:
-                return web.Response(status=status, text=reason)
-            return web.Response(status=413, text="payload too large")
+            return self._too_large()
         # content.read(n) returns what has arrived so far (one chunk), not n bytes: read
         # until EOF, stopping once past the cap.
         body = bytearray()
         try:
-            async for chunk in request.content.iter_any():
-                body += chunk
-                if len(body) > self.max_body:
-                    break
-        except Exception:
-            return web.Response(status=400, text="unreadable body")
-        status, reason = self.handle(bytes(body), request.query.get("token"))
-        return web.Response(status=status, text=reason)
+            with anyio.fail_after(self.read_timeout):
+                async for chunk in request.content.iter_any():
+                    body += chunk
+                    if len(body) > self.max_body:
+                        return self._too_large()
+        except TimeoutError:
+            return self._too_slow()
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            log.debug("webhook: unreadable body (%s)", type(exc).__name__)
+            return 400, "unreadable body"
+        return self._decide(bytes(body))
 
     def aiohttp_app(self) -> web.Application:
         """A sub-application answering POST ``/``: ``app.add_subapp("/hook", r.aiohttp_app())``."""
@@ -212,22 +260,32 @@ class WebhookReceiver:
         if scope.get("method") != "POST":
             await _asgi_answer(send, 405, "method not allowed")
             return
-        token = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [None])[0]
+        # latin-1 both ways: the token's bytes exactly as sent (percent-decoded), whatever they are.
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), encoding="latin-1")
+        token = query.get("token", [None])[0]
+        if not self.token_ok(token.encode("latin-1") if token is not None else None):
+            await _asgi_answer(send, *self._forbidden())  # before a byte of the body is read
+            return
         chunks: list[bytes] = []
         size = 0
         more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size <= self.max_body:
-                chunks.append(chunk)
-            more = message.get("more_body", False)
-        body = b"".join(chunks) if size <= self.max_body else b"x" * (self.max_body + 1)
-        status, reason = self.handle(body, token)
-        await _asgi_answer(send, status, reason)
+        try:
+            with anyio.fail_after(self.read_timeout):
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_body:  # stop reading: the rest is never received
+                        await _asgi_answer(send, *self._too_large())
+                        return
+                    chunks.append(chunk)
+                    more = message.get("more_body", False)
+        except TimeoutError:
+            await _asgi_answer(send, *self._too_slow())
+            return
+        await _asgi_answer(send, *self._decide(b"".join(chunks)))
 
     # --- standalone ----------------------------------------------------------------------
 
@@ -250,7 +308,8 @@ class WebhookReceiver:
         app = web.Application(client_max_size=self.max_body + 1024)
         app.router.add_route("*", path, self.aiohttp_handler)
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-        runner = web.AppRunner(app, access_log=None)
+        # Idle connections are dropped after read_timeout too (the API posts once and goes).
+        runner = web.AppRunner(app, access_log=None, keepalive_timeout=self.read_timeout)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))

@@ -26,9 +26,6 @@ def blockbuster() -> Iterator[None]:
     from blockbuster import blockbuster_ctx
 
     with blockbuster_ctx("modelslab_async") as bb:
-        # By design: images up to DownloadPolicy.inline_write_max are written on the loop.
-        for function in bb.functions.values():
-            function.can_block_in("modelslab_async/_download.py", "_write_inline")
         yield bb
 
 

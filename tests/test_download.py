@@ -1,8 +1,7 @@
 """Downloads against the emulator over 127.0.0.1: late links, faults, base64, atomic files.
 
 Every test runs under the blockbuster fixture: a blocking call on the event loop (file I/O
-outside a worker thread, ``time.sleep``) fails it, except the inline write of a small image
-(``DownloadPolicy.inline_write_max``), which is by design. Each file the SDK leaves in a
+outside a worker thread, ``time.sleep``) fails it. Each file the SDK leaves in a
 destination folder is checked as a whole PNG (Pillow decodes it), and no ``.part`` or
 hidden file may stay behind.
 """
@@ -89,36 +88,37 @@ def assert_clean_folder(folder: Path, expected: set[str]) -> None:
 # --- where files are written -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("inline_write_max", "inline"),
-    [(DownloadPolicy().inline_write_max, True), (0, False), (100, False)],
-    ids=["default-small-image-inline", "zero-always-thread", "image-over-cap-thread"],
-)
-async def test_small_images_are_written_on_the_loop_large_ones_in_a_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inline_write_max: int, inline: bool
+async def test_images_are_written_in_a_thread_and_fsynced_before_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A manifest's ``done`` record is fsynced and a rerun trusts it: the image it names
+    # must be on disk first, not only in the page cache.
+    import os
     import threading
 
-    from modelslab_async import _download
+    events: list[tuple[str, str, int]] = []
+    fsync, replace = os.fsync, os.replace
 
-    threads: list[int] = []
-    original = _download._write_atomic
+    def recording_fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"), threading.get_ident()))
+        fsync(fd)
 
-    def recording(*args: Any) -> Path:
-        threads.append(threading.get_ident())
-        return original(*args)
+    def recording_replace(src: Any, dst: Any) -> None:
+        events.append(("replace", str(src), threading.get_ident()))
+        replace(src, dst)
 
-    monkeypatch.setattr(_download, "_write_atomic", recording)
-    policy = attrs.evolve(FAST_NOT_READY, inline_write_max=inline_write_max)
-    async with emulated(download=policy) as (_, client):
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    async with emulated() as (_, client):
         gens = await text2img_many(client, 3, tmp_path)
-    assert len(threads) == 3
-    loop_thread = threading.get_ident()
-    assert all((t == loop_thread) is inline for t in threads), threads
+    monkeypatch.undo()
     assert_clean_folder(tmp_path, {f"{g.id}-0.png" for g in gens})
-
-
-# --- links that are not there yet -------------------------------------------------------------
+    renamed = [path for what, path, _ in events if what == "replace" and path.endswith(".part")]
+    assert len(renamed) == 3
+    for part in renamed:
+        synced = events.index(next(e for e in events if e[:2] == ("fsync", part)))
+        assert synced < events.index(next(e for e in events if e[:2] == ("replace", part)))
+    assert threading.get_ident() not in {thread for *_, thread in events}
 
 
 async def test_links_that_404_for_a_while_after_success_are_retried(tmp_path: Path) -> None:
@@ -317,3 +317,214 @@ async def test_an_image_over_the_size_cap_is_refused_and_not_kept(tmp_path: Path
             await client.download(gen, tmp_path)
     assert info.value.job_id == gen.id
     assert names(tmp_path) == set()
+
+
+# --- hostile servers: redirects, encodings, names, write errors, other writers' parts ----------
+
+
+def _serving(routes: dict[str, Any]) -> Any:
+    """A handler answering GET paths from *routes*: bytes (a PNG), or (status, Location)."""
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        what = routes.get(request.path)
+        if isinstance(what, bytes):
+            return web.Response(body=what, content_type="image/png")
+        if isinstance(what, tuple):
+            return web.Response(status=what[0], headers={"Location": what[1]})
+        return web.Response(status=410)
+
+    return handle
+
+
+async def test_a_download_follows_up_to_three_http_redirects_without_the_key(
+    tmp_path: Path,
+) -> None:
+    from tests._hostile import hostile, png
+
+    routes: dict[str, Any] = {"/a": (302, "/b"), "/b": (307, "/c"), "/c": (301, "/d"), "/d": png()}
+    async with hostile(_serving(routes)) as cdn, Client(KEY, base_url=cdn.base_url) as client:
+        [img] = await client.download(Generation(id=5, output=(cdn.base_url + "/a",)), tmp_path)
+    assert img.path == tmp_path / "5-0.png"
+    assert [a.raw_path for a in cdn.seen] == ["/a", "/b", "/c", "/d"]
+    for arrival in cdn.seen:
+        assert KEY not in repr(arrival)
+        assert arrival.headers.get("Accept-Encoding") == "identity"
+    assert_clean_folder(tmp_path, {"5-0.png"})
+
+
+async def test_a_fourth_redirect_is_not_followed(tmp_path: Path) -> None:
+    from tests._hostile import hostile, png
+
+    routes: dict[str, Any] = {
+        "/a": (302, "/b"),
+        "/b": (302, "/c"),
+        "/c": (302, "/d"),
+        "/d": (302, "/e"),
+        "/e": png(),
+    }
+    async with hostile(_serving(routes)) as cdn, Client(KEY, base_url=cdn.base_url) as client:
+        with pytest.raises(DownloadError, match="more than 3 redirects"):
+            await client.download(Generation(id=5, output=(cdn.base_url + "/a",)), tmp_path)
+    assert "/e" not in [a.raw_path for a in cdn.seen]
+    assert names(tmp_path) == set()
+
+
+@pytest.mark.parametrize(
+    ("current", "location", "allowed"),
+    [
+        ("https://cdn.example/a.png", "https://other.example/b.png", True),
+        ("http://cdn.example/a.png", "https://cdn.example/a.png", True),
+        ("http://cdn.example/a.png", "/b.png", True),
+        ("https://cdn.example/a.png", "http://cdn.example/a.png", False),
+        ("https://cdn.example/a.png", "file:///etc/passwd", False),
+        ("http://cdn.example/a.png", "ftp://cdn.example/a.png", False),
+        ("http://cdn.example/a.png", None, False),
+    ],
+)
+def test_redirects_stay_on_http_s_and_never_go_from_https_to_http(
+    current: str, location: str | None, allowed: bool
+) -> None:
+    from modelslab_async._download import redirect_target
+
+    if allowed:
+        assert redirect_target(current, location, url=current, job_id=1).startswith("http")
+    else:
+        with pytest.raises(DownloadError):
+            redirect_target(current, location, url=current, job_id=1)
+
+
+async def test_a_gzip_bomb_image_is_refused_before_it_is_inflated(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    from tests._hostile import gzip_bomb, hostile, peak_python_memory
+
+    bomb = gzip_bomb()
+
+    async def gzipped(request: web.Request) -> web.Response:
+        return web.Response(
+            body=bomb, headers={"Content-Encoding": "gzip"}, content_type="image/png"
+        )
+
+    async with hostile(gzipped) as cdn, Client(KEY, base_url=cdn.base_url) as client:
+        gen = Generation(id=6, output=(cdn.base_url + "/bomb.png",))
+        with peak_python_memory() as growth, pytest.raises(DownloadError, match="Content-Encoding"):
+            await client.download(gen, tmp_path)
+    assert growth[0] < 200
+    assert names(tmp_path) == set()
+
+
+def _api_with_images(ids: list[str | int]) -> Any:
+    """Submits answer ``success`` with the next id of *ids* and one image link on this
+    server; images are small PNGs."""
+    from aiohttp import web
+
+    from tests._hostile import png
+
+    queue = list(ids)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.method == "POST":
+            job_id = queue.pop(0)
+            link = f"{request.scheme}://{request.host}/img/{len(queue)}.png"
+            return web.json_response({"status": "success", "id": job_id, "output": [link]})
+        return web.Response(body=png(), content_type="image/png")
+
+    return handle
+
+
+async def test_a_300_character_job_id_gets_a_short_name_and_the_batch_goes_on(
+    tmp_path: Path,
+) -> None:
+    from modelslab_async._download import file_stem
+    from tests._hostile import hostile
+
+    long_id = "j" * 300
+    async with (
+        hostile(_api_with_images([1, long_id, 3])) as api,
+        Client(KEY, base_url=api.base_url, max_in_flight=1) as client,
+    ):
+        results = [r async for r in client.generate_many(["a", "b", "c"], dest=tmp_path)]
+    assert all(r.ok for r in results), [r.error for r in results]
+    stem = file_stem(Generation(id=long_id, output=("http://x/y.png",)), 0)
+    assert len(stem) <= 110
+    assert stem == file_stem(Generation(id=long_id, output=("http://x/z.png",)), 0)
+    assert_clean_folder(tmp_path, {"1-0.png", f"{stem}.png", "3-0.png"})
+
+
+async def test_a_file_that_cannot_be_written_fails_its_item_only(tmp_path: Path) -> None:
+    from tests._hostile import hostile
+
+    (tmp_path / "2-0.png").mkdir()  # the final name is taken by a folder
+    async with (
+        hostile(_api_with_images([1, 2, 3])) as api,
+        Client(KEY, base_url=api.base_url, max_in_flight=1) as client,
+    ):
+        results = [r async for r in client.generate_many(["a", "b", "c"], dest=tmp_path)]
+    by_job = {r.job_id: r for r in results}
+    assert by_job[1].ok
+    assert by_job[3].ok
+    error = by_job[2].error
+    assert isinstance(error, DownloadError)
+    assert "cannot write" in str(error)
+    assert error.job_id == 2
+    (tmp_path / "2-0.png").rmdir()
+    assert_clean_folder(tmp_path, {"1-0.png", "3-0.png"})
+
+
+_HOLD_A_PART = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o666)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_stale_parts_are_removed_but_not_another_process_s_download(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from modelslab_async._download import remove_stale_parts
+
+    live = tmp_path / ".77-0.0000beef.part"
+    stale = tmp_path / ".78-0.0000dead.part"
+    stale.write_bytes(b"left by a killed run")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_A_PART, str(live)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        assert remove_stale_parts(tmp_path) == 1
+        assert live.exists()
+        assert not stale.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # Its writer is gone (however it ended): now it is stale.
+    assert remove_stale_parts(tmp_path) == 1
+    assert names(tmp_path) == set()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_bytes": 0},
+        {"max_bytes": 1.5},
+        {"not_ready_timeout": -1},
+        {"not_ready_initial": 0},
+        {"not_ready_max": float("nan")},
+        {"chunk_size": 0},
+        {"concurrency": 0},
+        {"concurrency": True},
+    ],
+)
+def test_download_policy_refuses_every_field_out_of_range(bad: dict[str, Any]) -> None:
+    from modelslab_async import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=rf"DownloadPolicy\.{next(iter(bad))}: got"):
+        DownloadPolicy(**bad)

@@ -24,8 +24,10 @@ from modelslab_async import (
     GenerationTimeout,
     InsufficientCreditsError,
     JobNotFoundError,
+    ManifestLockedError,
     ModelsLabError,
     RateLimitError,
+    RedirectError,
     RequestValidationError,
     ResponseFormatError,
     RetryPolicy,
@@ -55,6 +57,7 @@ TREE: list[tuple[type[BaseException], tuple[type[BaseException], ...]]] = [
     (ModelsLabError, (Exception,)),
     (RequestValidationError, (ModelsLabError, ValueError)),
     (ConfigurationError, (ModelsLabError, ValueError)),
+    (ManifestLockedError, (ConfigurationError,)),
     (ClientStateError, (ModelsLabError, RuntimeError)),
     (APIError, (ModelsLabError,)),
     (AuthenticationError, (APIError,)),
@@ -62,6 +65,7 @@ TREE: list[tuple[type[BaseException], tuple[type[BaseException], ...]]] = [
     (InsufficientCreditsError, (APIError,)),
     (BadRequestError, (APIError,)),
     (JobNotFoundError, (BadRequestError,)),
+    (RedirectError, (APIError,)),
     (ServerError, (APIError,)),
     (GenerationFailed, (ModelsLabError,)),
     (GenerationTimeout, (ModelsLabError, TimeoutError)),
@@ -91,11 +95,13 @@ def _examples() -> list[ModelsLabError]:
     return [
         RequestValidationError("width", 2048, "an integer in 1..1024"),
         ConfigurationError("no API key: set MODELSLAB_API_KEY"),
+        ManifestLockedError("out/manifest.jsonl", 4242),
         ClientStateError("the client is not open"),
         APIError("API error (HTTP 200): odd", status_code=200, api_message="odd", url="http://h"),
         AuthenticationError("authentication failed", status_code=401, api_message="Invalid"),
         RateLimitError("rate limited", retry_after=30.0, status_code=429),
         BadRequestError("request rejected", status_code=200, api_message="Model id not found"),
+        RedirectError("submit: HTTP 307 redirect to evil.example", status_code=307, location="x"),
         ServerError("server error", status_code=503, body="<html>"),
         GenerationFailed(123, "Failed, Try Again", transient=True),
         GenerationTimeout(123, 600.0),
@@ -427,3 +433,11 @@ def test_request_validation_error_survives_a_value_whose_repr_fails() -> None:
 
     exc = RequestValidationError("extra", Broken(), "JSON values")
     assert str(exc) == "extra: got <unprintable Broken>, allowed JSON values"
+
+
+def test_a_huge_log_message_of_the_package_is_cut(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="modelslab_async"):
+        logging.getLogger("modelslab_async").debug("answer: %s", "z" * 2**20)
+    [record] = [r for r in caplog.records if r.name == "modelslab_async"]
+    assert len(record.getMessage()) <= 4000
+    assert "characters in all" in record.getMessage()

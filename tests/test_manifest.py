@@ -338,3 +338,167 @@ def test_error_from_record_rebuilds_the_class_message_and_job_id() -> None:
     unknown = error_from_record(record(4, "failed", error={"type": "ValueError"}))
     assert type(unknown) is ModelsLabError  # only SDK error classes are rebuilt
     assert str(unknown) == "failed in a previous run"
+
+
+# --- one run per manifest ---------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_second_open_is_refused_naming_the_holder_pid(tmp_path: Path) -> None:
+    from modelslab_async import ConfigurationError, ManifestLockedError
+
+    path = tmp_path / "run.jsonl"
+    first = await Manifest(path).open()
+    try:
+        with pytest.raises(ManifestLockedError) as info:
+            await Manifest(path).open()
+    finally:
+        await first.close()
+    error = info.value
+    assert isinstance(error, ConfigurationError)  # the CLI's exit code 2
+    assert error.pid == os.getpid()
+    assert f"process {os.getpid()}" in str(error)
+    assert str(path) in str(error)
+
+
+@pytest.mark.anyio
+async def test_closing_releases_the_lock_and_removes_the_lock_file(tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    manifest = await Manifest(path).open()
+    assert manifest.locked
+    assert manifest.lock_path.read_text().strip() == str(os.getpid())
+    await manifest.close()
+    assert not manifest.locked
+    assert not manifest.lock_path.exists()
+    again = await Manifest(path).open()
+    await again.close()
+
+
+_HOLD_THE_MANIFEST = """
+import sys, anyio
+from modelslab_async._manifest import Manifest
+
+async def main():
+    await Manifest(sys.argv[1]).open()
+    print("locked", flush=True)
+    await anyio.sleep_forever()
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.anyio
+async def test_the_lock_of_a_killed_run_is_released_by_the_os(tmp_path: Path) -> None:
+    import signal
+    import sys
+
+    from modelslab_async import ManifestLockedError
+
+    path = tmp_path / "run.jsonl"
+    async with await anyio.open_process([sys.executable, "-c", _HOLD_THE_MANIFEST, path]) as holder:
+        try:
+            assert holder.stdout is not None
+            said = b""
+            while not said.endswith(b"\n"):
+                said += await holder.stdout.receive()
+            assert said == b"locked\n"
+            with pytest.raises(ManifestLockedError) as info:
+                await Manifest(path).open()
+            assert info.value.pid == holder.pid
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            await holder.wait()
+    # The lock file stays (nobody closed it), but its lock went with the process.
+    manifest = await Manifest(path).open()
+    await manifest.close()
+
+
+@pytest.mark.anyio
+async def test_two_runs_on_one_folder_create_each_job_once(tmp_path: Path) -> None:
+    from modelslab_async import Client, ManifestLockedError
+    from modelslab_async.emulator import Emulator, EmulatorConfig
+
+    prompts = [f"prompt {i}" for i in range(20)]
+    outcomes: list[Any] = []
+
+    async def run(client: Client) -> None:
+        try:
+            outcomes.append(
+                [
+                    r
+                    async for r in client.generate_many(
+                        prompts, dest=tmp_path / "out", manifest=tmp_path / "out/manifest.jsonl"
+                    )
+                ]
+            )
+        except ManifestLockedError as exc:
+            outcomes.append(exc)
+
+    config = EmulatorConfig(workers=4, duration=(0.05, 0.1))
+    async with (
+        Emulator(config) as emu,
+        Client("two-runs-key-3b9e", base_url=emu.base_url) as one,
+        Client("two-runs-key-3b9e", base_url=emu.base_url) as two,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(run, one)
+        tg.start_soon(run, two)
+    refused = [o for o in outcomes if isinstance(o, ManifestLockedError)]
+    finished = [o for o in outcomes if isinstance(o, list)]
+    assert len(refused) == 1
+    assert refused[0].pid == os.getpid()
+    [results] = finished
+    assert sorted(r.index for r in results if r.ok) == list(range(20))
+    assert emu.stats.requests_by_endpoint["submit"] == 20
+    done = [r for r in read_records(tmp_path / "out/manifest.jsonl") if r.state == "done"]
+    assert len(done) == 20
+
+
+@pytest.mark.anyio
+async def test_the_cli_refuses_a_second_run_on_a_folder_with_exit_2(tmp_path: Path) -> None:
+    import sys
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox\na grey wolf\n")
+    out = tmp_path / "out"
+    held = await Manifest(out / "manifest.jsonl").open()
+    try:
+        with anyio.fail_after(120):
+            done = await anyio.run_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "modelslab_async",
+                    "batch",
+                    prompts,
+                    "--out",
+                    out,
+                    "--local",
+                ],
+                check=False,
+                env={k: v for k, v in os.environ.items() if k != "MODELSLAB_API_KEY"},
+            )
+    finally:
+        await held.close()
+    stderr = done.stderr.decode()
+    assert done.returncode == 2, stderr
+    assert f"process {os.getpid()}" in stderr
+    assert "Traceback" not in stderr
+    # Nothing written by the refused run (the manifest is the one this test opened).
+    assert [p.name for p in out.iterdir()] == ["manifest.jsonl"]
+    assert (out / "manifest.jsonl").read_bytes() == b""
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        GenerationFailed(7, "m" * (5 * 2**20)),
+        OSError(5, "e" * (5 * 2**20)),
+        ValueError("v" * (5 * 2**20)),
+    ],
+    ids=["api-message", "os-error", "any-error"],
+)
+def test_a_huge_error_message_is_cut_in_its_record(error: BaseException) -> None:
+    info = error_record(error)
+    assert len(info["message"]) <= 4000
+    assert "characters in all" in info["message"]

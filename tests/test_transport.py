@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -779,3 +780,277 @@ async def test_an_api_error_with_a_5xx_status_is_not_retried(op: str) -> None:
             await (submit(t) if op == "submit" else t.fetch(1))
     assert info.value.status_code == 500
     assert server.count() == 1
+
+
+# --- hostile servers: redirects, escaped ids, oversized answers --------------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize("op", ["submit", "fetch"])
+async def test_a_redirect_never_carries_the_key_to_its_target(op: str, status: int) -> None:
+    from aiohttp import web
+
+    from modelslab_async import RedirectError
+    from tests._hostile import hostile
+
+    async def target(request: web.Request) -> web.Response:
+        return web.json_response(SUCCESS)
+
+    async with hostile(target) as thief:
+        # Named by another host name than the API's, so the message can be checked for it.
+        location = f"http://localhost:{thief.host_port.rpartition(':')[2]}/steal?x=1"
+
+        async def redirect(request: web.Request) -> web.Response:
+            return web.Response(status=status, headers={"Location": location})
+
+        async with hostile(redirect) as api, transport(api.base_url) as t:
+            with pytest.raises(RedirectError) as info:
+                await (submit(t) if op == "submit" else t.fetch(1))
+    assert thief.seen == []
+    assert len(api.seen) == 1  # a redirect is an answer that will not change: no retry
+    error = info.value
+    assert error.status_code == status
+    assert "localhost" in str(error)
+    assert KEY not in str(error)
+    assert KEY not in repr(vars(error))
+
+
+async def test_a_redirect_from_https_to_http_is_refused_the_same_way() -> None:
+    from aiohttp import web
+
+    from modelslab_async import RedirectError
+    from tests._hostile import hostile
+
+    async def redirect(request: web.Request) -> web.Response:
+        return web.Response(status=308, headers={"Location": "http://evil.example/x"})
+
+    async with hostile(redirect) as api, transport(api.base_url) as t:
+        with pytest.raises(RedirectError, match=r"evil\.example") as info:
+            await submit(t)
+    assert info.value.location == "http://evil.example/x"
+
+
+@pytest.mark.parametrize(
+    ("job_id", "segment"),
+    [
+        ("../../x?y=1", "..%2F..%2Fx%3Fy%3D1"),
+        ("..", "%2E%2E"),
+        (".", "%2E"),
+        ("a/b", "a%2Fb"),
+        ("5#frag", "5%23frag"),
+        ("id with space", "id%20with%20space"),
+        ("%2e%2e", "%252e%252e"),
+        (13441520, "13441520"),
+    ],
+)
+async def test_a_job_id_is_one_escaped_path_segment(job_id: Any, segment: str) -> None:
+    from aiohttp import web
+
+    from tests._hostile import hostile
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response(SUCCESS)
+
+    async with hostile(ok) as api, transport(api.base_url) as t:
+        await t.fetch(job_id)
+    [seen] = api.seen
+    assert seen.raw_path == f"/images/fetch/{segment}"
+
+
+async def test_an_oversized_answer_is_refused_unparsed_with_bounded_memory() -> None:
+    from aiohttp import web
+
+    from tests._hostile import hostile, peak_python_memory, stream_json
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        return await stream_json(request, 64 * 2**20)
+
+    once = RetryPolicy(max_retries=0)
+    async with hostile(huge) as api, transport(api.base_url, retry=once) as t:
+        with peak_python_memory() as growth, pytest.raises(ResponseFormatError) as info:
+            await t.fetch(1)
+    assert "over 4194304 bytes" in str(info.value)
+    assert growth[0] < 150
+    assert len(str(info.value)) < 10_000
+
+
+async def test_a_gzip_bomb_answer_is_refused_with_bounded_memory() -> None:
+    from aiohttp import web
+
+    from tests._hostile import gzip_bomb, hostile, peak_python_memory
+
+    bomb = gzip_bomb()
+
+    async def gzipped(request: web.Request) -> web.Response:
+        return web.Response(
+            body=bomb,
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        )
+
+    once = RetryPolicy(max_retries=0)
+    async with hostile(gzipped) as api, transport(api.base_url, retry=once) as t:
+        with peak_python_memory() as growth, pytest.raises((ResponseFormatError, TransportError)):
+            await t.fetch(1)
+    assert growth[0] < 200
+
+
+async def test_a_huge_error_message_is_cut_in_the_exception() -> None:
+    message = "m" * (3 * 2**20)  # under the answer cap, far over the message cap
+    failed = answer({"status": "failed", "id": 1, "message": message})
+    async with scripted(fetch=[failed]) as server, transport(server) as t:
+        with pytest.raises(GenerationFailed) as info:
+            await t.fetch(1)
+    error = info.value
+    assert len(str(error)) < 10_000
+    assert "characters in all" in str(error)
+    assert error.api_message is not None
+    assert len(error.api_message) < 10_000
+
+
+# --- policies are validated -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["connect", "read", "total"])
+@pytest.mark.parametrize("value", [0, -5, math.nan, math.inf, "10", True])
+def test_timeouts_refuse_what_aiohttp_would_read_as_no_timeout(field: str, value: Any) -> None:
+    with pytest.raises(ConfigurationError, match=rf"Timeouts\.{field}: got .*, allowed a finite"):
+        Timeouts(**{field: value})
+
+
+def test_timeouts_take_none_for_no_limit_and_positive_numbers() -> None:
+    assert Timeouts(connect=None, read=0.5, total=3).total == 3
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"max_retries": 1.5},
+        {"max_retries": True},
+        {"initial": math.inf},
+        {"exp_base": 0.5},
+        {"max_retry_after": math.nan},
+        {"jitter": "yes"},
+        {"retry_ambiguous_submits": 1},
+    ],
+)
+def test_retry_policy_refuses_every_field_out_of_range(bad: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError, match=rf"RetryPolicy\.{next(iter(bad))}: got"):
+        RetryPolicy(**bad)
+
+
+async def test_a_client_with_a_nan_timeout_is_refused_before_any_call() -> None:
+    from modelslab_async import Client
+
+    async with scripted() as server:
+        with pytest.raises(ConfigurationError, match="total"):
+            Client(KEY, base_url=server.base_url, timeout=math.nan)
+    assert server.seen == []
+
+
+# --- the retry table is data, and the README's table is made from it --------------------------
+
+
+def test_the_readme_retry_table_is_the_one_the_code_uses() -> None:
+    from pathlib import Path
+
+    from modelslab_async._transport import retry_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert retry_table() in readme
+
+
+@pytest.mark.parametrize("op", ["submit", "fetch", "download"])
+def test_every_outcome_has_a_rule(op: Any) -> None:
+    from modelslab_async._transport import rule_for
+
+    for error in (ModelsLabError("x"), _TRANSPORT, _RESET, _AMBIGUOUS, BadRequestError("x")):
+        assert rule_for(_Outcome(error, sent=True)) is not None
+        retry_decision(op, _Outcome(error, sent=True), RetryPolicy())
+
+
+# --- the key in tracebacks with frame locals ---------------------------------------------------
+
+
+def _with_locals(exc: BaseException) -> str:
+    """The traceback an error reporter shows, every frame's locals along the whole chain,
+    less the test's own frames (which hold the key as test data: the server's records)."""
+    import traceback
+
+    report = traceback.TracebackException.from_exception(exc, capture_locals=True)
+    for te in (report, report.__cause__, report.__context__):
+        if te is not None:
+            te.stack = traceback.StackSummary.from_list(
+                [f for f in te.stack if f"{os.sep}tests{os.sep}" not in f.filename]
+            )
+    return "".join(report.format())
+
+
+def _redirect_307() -> Any:
+    from aiohttp import web
+
+    async def act(request: web.Request, body: bytes) -> web.StreamResponse:
+        return web.Response(status=307, headers={"Location": "http://elsewhere.example/x"})
+
+    return act
+
+
+@pytest.mark.parametrize(
+    "action",
+    [reset(), stall(), raw(HTML, status=500), raw("{broken", status=200), _redirect_307()],
+    ids=["reset", "timeout", "html-500", "broken-json", "redirect"],
+)
+@pytest.mark.parametrize("op", ["submit", "fetch"])
+async def test_the_key_is_not_in_the_locals_of_any_traceback_frame(op: str, action: Any) -> None:
+    async with (
+        scripted(submit=[action], fetch=[action]) as server,
+        transport(server, timeouts=Timeouts(read=0.2)) as t,
+    ):
+        with pytest.raises(ModelsLabError) as info:
+            await (submit(t) if op == "submit" else t.fetch(1))
+    assert server.seen[0].json()["key"] == KEY  # the key was sent: it is in some frame's reach
+    report = _with_locals(info.value)
+    assert "body = " in report or "fields = " in report  # the locals are shown
+    assert KEY not in report
+
+
+async def test_the_key_is_not_in_the_locals_when_the_connection_is_refused(
+    refused_port: int,
+) -> None:
+    async with transport(f"http://127.0.0.1:{refused_port}") as t:
+        with pytest.raises(TransportError) as info:
+            await submit(t)
+    assert KEY not in _with_locals(info.value)
+
+
+def test_a_client_that_refuses_its_options_keeps_the_key_out_of_the_traceback() -> None:
+    from modelslab_async import Client
+
+    with pytest.raises(ConfigurationError) as info:
+        Client(KEY, base_url="http://127.0.0.1:1", max_in_flight=0)
+    report = _with_locals(info.value)
+    assert "api_key = " in report
+    assert KEY not in report
+
+
+async def test_a_closed_transport_no_longer_masks_its_key() -> None:
+    from modelslab_async._redact import redact
+
+    t = Transport(api_key="back", base_url="http://127.0.0.1:1")
+    async with t:
+        assert redact("initial_backoff") == "initial_***off"
+    # Still referenced, not collected: the key is forgotten all the same (a short key left
+    # registered cut words in later messages of other clients).
+    assert redact("initial_backoff") == "initial_backoff"
+    assert "4 chars" in repr(t)
+
+
+def test_a_queue_limit_answer_goes_to_the_caller_and_credits_stop() -> None:
+    from modelslab_async import InsufficientCreditsError
+    from modelslab_async._transport import Action, action_for
+
+    queue = _Outcome(RateLimitError("x", queue_limit=5), sent=True)
+    assert action_for("submit", queue) is Action.TO_CALLER
+    assert action_for("fetch", queue) is Action.WAIT
+    assert retry_decision("submit", queue, RetryPolicy())
+    credits = _Outcome(InsufficientCreditsError("x", status_code=402), sent=True)
+    assert not retry_decision("submit", credits, RetryPolicy(retry_ambiguous_submits=True))

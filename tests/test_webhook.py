@@ -12,6 +12,7 @@ resolves well before it was woken by its webhook, not found by polling.
 from __future__ import annotations
 
 import json
+import math
 import socket
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+import anyio.lowlevel
 import pytest
 from aiohttp import web
 
@@ -642,3 +644,122 @@ def test_tokens_are_random_per_receiver() -> None:
     assert b.token is not None
     assert a.token != b.token
     assert len(a.token) >= 20
+
+
+# --- hostile clients: no token, endless bodies, odd tokens, slow bodies --------------------
+
+
+class EndlessBody:
+    """ASGI receive() of a client that sends 1 MiB messages for ever; counts what was read."""
+
+    def __init__(self) -> None:
+        self.read = 0
+        self.sent: list[dict[str, Any]] = []
+
+    async def receive(self) -> dict[str, Any]:
+        await anyio.lowlevel.checkpoint()  # a real server yields between messages
+        self.read += 2**20
+        return {"type": "http.request", "body": b" " * 2**20, "more_body": True}
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        self.sent.append(dict(message))
+
+    @property
+    def status(self) -> int:
+        return int(self.sent[0]["status"])
+
+
+@pytest.mark.parametrize("token", [None, "guess", "é-not-ascii"])
+async def test_asgi_without_the_token_answers_403_before_reading_the_body(
+    token: str | None,
+) -> None:
+    receiver = WebhookReceiver("http://127.0.0.1:1/hook")
+    client = EndlessBody()
+    scope = http_scope(receiver, token=token)
+    if token is not None:
+        scope["query_string"] = b"token=" + token.encode("utf-8")
+    with anyio.fail_after(5):
+        await receiver(scope, client.receive, client.send)
+    assert client.status == 403
+    assert client.read == 0
+
+
+async def test_asgi_stops_reading_an_endless_body_at_max_body() -> None:
+    receiver = WebhookReceiver("http://127.0.0.1:1/hook", max_body=3 * 2**20)
+    client = EndlessBody()
+    with anyio.fail_after(5):
+        await receiver(http_scope(receiver), client.receive, client.send)
+    assert client.status == 413
+    assert client.read <= 4 * 2**20
+
+
+async def test_asgi_answers_408_to_a_body_that_does_not_come() -> None:
+    receiver = WebhookReceiver("http://127.0.0.1:1/hook", read_timeout=0.2)
+    call = ASGICall({"type": "http.request", "body": b'{"track', "more_body": True})
+    with anyio.fail_after(5):
+        await receiver(http_scope(receiver), call.receive, call.send)
+    assert call.status == 408
+
+
+def test_a_non_ascii_token_is_a_wrong_token_not_an_error() -> None:
+    receiver = WebhookReceiver("http://127.0.0.1:1/hook", token="s3cret")
+    assert receiver.handle(b"{}", "sécret") == (403, "forbidden")
+    assert receiver.handle(b"{}", "s3cret\udcff") == (403, "forbidden")
+    assert receiver.handle(b"{}", b"\xff\xfe") == (403, "forbidden")
+    assert receiver.token_ok("s3cret")
+
+
+@pytest.mark.parametrize("bad", [{"max_body": 0}, {"read_timeout": -1}, {"read_timeout": math.nan}])
+def test_receiver_limits_are_checked(bad: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError, match=next(iter(bad))):
+        WebhookReceiver("http://127.0.0.1:1/hook", **bad)
+
+
+async def _stalled_post(url: str, first: bytes) -> int:
+    """POST *url* a chunked body that sends *first* and then nothing until the answer."""
+    answered = anyio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield first
+        await answered.wait()
+
+    async with aiohttp.ClientSession() as session, session.post(url, data=body()) as resp:
+        answered.set()
+        return resp.status
+
+
+@asynccontextmanager
+async def served(where: str, receiver: WebhookReceiver) -> AsyncIterator[str]:
+    """*receiver* on its own server or as a route of an aiohttp app; yields its URL without
+    the token."""
+    if where == "standalone":
+        async with anyio.create_task_group() as tg:
+            yield await receiver.serve(tg)
+            tg.cancel_scope.cancel()
+    else:
+        app = web.Application()
+        app.router.add_post("/hook", receiver.aiohttp_handler)
+        async with aiohttp_server(app) as port:
+            yield f"http://127.0.0.1:{port}/hook"
+
+
+@pytest.mark.parametrize("where", ["standalone", "aiohttp-route"])
+async def test_aiohttp_server_refuses_a_tokenless_post_without_waiting_for_its_body(
+    where: str,
+) -> None:
+    receiver = WebhookReceiver(read_timeout=30.0)
+    async with served(where, receiver) as url:
+        with anyio.fail_after(5):
+            assert await _stalled_post(url + "?token=%C3%A9", b"x" * 1000) == 403
+            assert await _stalled_post(url, b"x" * 1000) == 403
+    assert receiver.stats["forbidden"] == 2
+
+
+async def test_the_standalone_server_answers_408_to_a_stalled_body() -> None:
+    receiver = WebhookReceiver(read_timeout=0.3)
+    async with anyio.create_task_group() as tg:
+        await receiver.serve(tg)
+        with anyio.fail_after(5):
+            assert await _stalled_post(receiver.url, b'{"track_id": ') == 408
+        tg.cancel_scope.cancel()
+    assert receiver.stats["too_slow"] == 1

@@ -30,6 +30,7 @@ from .._errors import (
     GenerationTimeout,
     InsufficientCreditsError,
     JobId,
+    ManifestLockedError,
     ModelsLabError,
 )
 from .._redact import redact, register_secret
@@ -41,6 +42,7 @@ from ._alloc import settle_allocator
 from ._display import Display, Tally, account, emit, result_record, say, summary
 from ._input import count_items, input_format, read_items
 from ._options import (
+    Seconds,
     connection_options,
     dataset_options,
     input_format_option,
@@ -96,7 +98,7 @@ def cli() -> None:
 )
 @click.option(
     "--timeout",
-    type=float,
+    type=Seconds(),
     metavar="SECONDS",
     help="Stop waiting after SECONDS (the job goes on: get it later with `fetch`).",
 )
@@ -323,6 +325,7 @@ async def _run_batch(plan: _BatchPlan, interrupt: Interrupt, console: Console) -
             tally.total = total
 
     lags: list[float] | None = [] if plan.where.local else None
+    locked_out = False
     slots = plan.slots() if plan.slots is not None else None
     items = read_items(plan.source, plan.input_format, plan.defaults, plan.prompt_column)
     async with open_client(
@@ -366,12 +369,14 @@ async def _run_batch(plan: _BatchPlan, interrupt: Interrupt, console: Console) -
                     # raised by the batch itself (the input, the manifest), not by an item
                     display.say(error_line(exc, plan.manifest))
                     code = exit_code_for(exc)
+                    locked_out = isinstance(exc, ManifestLockedError)
                 finally:
                     tg.cancel_scope.cancel()
         await items.aclose()
     interrupted = interrupt.signum is not None
     summary(console, tally, plan.out, plan.manifest, interrupted)
-    await write_batch_report(console, plan.out, plan.manifest, run_stats(tally, lags))
+    if not locked_out:  # the folder is another run's: its report is that run's to write
+        await write_batch_report(console, plan.out, plan.manifest, run_stats(tally, lags))
     if stopped is not None and not interrupted:
         say(console, await _stopped_line(stopped, tally, plan))
     if interrupted:
@@ -505,7 +510,7 @@ async def _closing(iterator: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]
     show_default=True,
     help="Directory for the images.",
 )
-@click.option("--timeout", type=float, metavar="SECONDS", help="Stop waiting after SECONDS.")
+@click.option("--timeout", type=Seconds(), metavar="SECONDS", help="Stop waiting after SECONDS.")
 @connection_options
 def fetch(job_id: str, out: Path, timeout: float | None, local: bool, base_url: str | None) -> None:
     """Wait for the job JOB_ID (started elsewhere) and download its images; print their paths."""

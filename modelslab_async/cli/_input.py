@@ -8,8 +8,10 @@ input that cannot be opened or read at all is an :class:`InputError` (exit code 
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib
 import json
+import logging
 import os
 import sys
 import threading
@@ -22,6 +24,8 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectSendStream
 
 from .._errors import RequestValidationError
+
+_log = logging.getLogger("modelslab_async.cli")
 
 #: The formats ``--input-format`` names; csv and parquet are read by ``modelslab_async.datasets``.
 INPUT_FORMATS = ("auto", "text", "jsonl", "csv", "parquet")
@@ -142,8 +146,15 @@ def _pump(
         except Exception as exc:  # a dataset reader's own error: reported, never a traceback
             end = InputError(f"{type(exc).__name__}: {exc}")
         put(end)
-    except Exception:  # the consumer stopped reading or the loop ended: nothing to report
-        return
+    except (
+        anyio.BrokenResourceError,
+        anyio.ClosedResourceError,
+        anyio.RunFinishedError,
+        concurrent.futures.CancelledError,
+    ):
+        return  # the consumer stopped reading or the loop ended: nothing to report
+    except Exception:  # a bug: never swallowed silently
+        _log.exception("the input reader thread failed")
 
 
 def _meaningful(line: str) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -20,6 +21,25 @@ from ._input import INPUT_FORMATS
 from ._run import UsageFailure
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Seconds(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2 on
+    """A positive, finite number of seconds (``nan``, ``inf``, 0 and negatives are refused
+    when the command line is read, before anything is submitted)."""
+
+    name = "seconds"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if not (math.isfinite(seconds) and seconds > 0):
+            self.fail(f"got {value!r}, allowed a finite number of seconds > 0", param, ctx)
+        return seconds
+
 
 #: The request fields with an option of their own (the prompt is an argument or an input).
 OPTION_FIELDS: tuple[RequestField, ...] = tuple(f for f in REQUEST_FIELDS if f.name != "prompt")

@@ -25,7 +25,10 @@ from modelslab_async import AmbiguousSubmitError, APIError, ModelsLabError
 from modelslab_async.emulator import EmulatorConfig, EndpointFaults, Faults
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "benchmarks" / "results" / "soak.json"
+#: Where :func:`record` merges the figures: only when this variable names a file (tests
+#: write nowhere else than under temporary folders). To refresh the tracked figures:
+#: ``MODELSLAB_SOAK_RESULTS=benchmarks/results/soak.json pytest tests/reliability -s``.
+RESULTS_ENV = "MODELSLAB_SOAK_RESULTS"
 
 JOBS = 1000
 SIZE = 128  # pixels; small images keep 1,000 jobs within a CI budget
@@ -221,17 +224,22 @@ def ambiguous_name() -> str:
 
 
 def record(section: str, figures: Mapping[str, Any]) -> None:
-    """Merge *figures* into benchmarks/results/soak.json under *section*, and print them."""
+    """Print *figures*; merge them under *section* into the file ``$MODELSLAB_SOAK_RESULTS``
+    names, if it is set (never into a tracked file otherwise)."""
     print(f"\nsoak[{section}]: " + json.dumps(figures, sort_keys=True))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    target = os.environ.get(RESULTS_ENV)
+    if not target:
+        return
+    results = Path(target)
+    results.parent.mkdir(parents=True, exist_ok=True)
     try:
-        data = json.loads(RESULTS.read_text())
+        data = json.loads(results.read_text())
     except (OSError, ValueError):
         data = {}
     data[section] = {**figures, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp = results.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, RESULTS)
+    os.replace(tmp, results)
 
 
 def counts(values: Iterable[str]) -> dict[str, int]:

@@ -153,3 +153,20 @@ async def test_an_image_that_cannot_be_had_fails_as_a_download_error_naming_its_
     assert isinstance(result.error, DownloadError)
     assert f"job {result.job_id}" in str(result.error)
     assert [p async for p in anyio.Path(tmp_path).iterdir()] == []
+
+
+def test_soak_figures_go_to_a_tracked_file_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ._soak import RESULTS_ENV, ROOT, record
+
+    tracked = ROOT / "benchmarks" / "results" / "soak.json"
+    before = tracked.read_bytes()
+    monkeypatch.delenv(RESULTS_ENV, raising=False)
+    record("regression-check", {"lost": 0})
+    assert tracked.read_bytes() == before
+    asked = tmp_path / "soak.json"
+    monkeypatch.setenv(RESULTS_ENV, str(asked))
+    record("regression-check", {"lost": 0})
+    assert json.loads(asked.read_text())["regression-check"]["lost"] == 0
+    assert tracked.read_bytes() == before

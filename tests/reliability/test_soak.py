@@ -6,8 +6,9 @@ requests. Every item must resolve exactly once (done, or failed with a specific 
 that names its job id where there is one), nothing may be submitted twice, every file on
 disk must be a complete image, and memory must stay flat.
 
-Run with ``pytest -s`` to see the figures; they are also written to
-``benchmarks/results/soak.json``.
+Run with ``pytest -s`` to see the figures; with ``MODELSLAB_SOAK_RESULTS=benchmarks/results/
+soak.json`` they are also merged into that file (otherwise the tests write only under
+temporary folders).
 """
 
 from __future__ import annotations

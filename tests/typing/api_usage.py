@@ -28,10 +28,12 @@ from modelslab_async import (
     Job,
     Lease,
     LocalSlots,
+    ManifestLockedError,
     Meta,
     ModelsLabError,
     RateLimitError,
     RaySlots,
+    RedirectError,
     RedisSlots,
     RequestValidationError,
     ResponseFormatError,
@@ -142,6 +144,12 @@ def explain(exc: ModelsLabError) -> str:
     if isinstance(exc, RateLimitError):
         retry_after: float | None = exc.retry_after
         return f"wait {retry_after}"
+    if isinstance(exc, RedirectError):
+        location: str | None = exc.location
+        return f"{exc.status_code} to {location}"
+    if isinstance(exc, ManifestLockedError):
+        pid: int | None = exc.pid
+        return f"{exc.path} held by {pid}"
     if isinstance(exc, AuthenticationError | APIError):
         status: int | None = exc.status_code
         message: str | None = exc.api_message
