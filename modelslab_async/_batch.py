@@ -77,6 +77,8 @@ if TYPE_CHECKING:
 __all__ = ["BatchClient", "BatchOptions", "BatchProgress", "NOT_SUBMITTED", "run_batch"]
 
 RequestLike = Text2ImgRequest | Mapping[str, Any] | str
+#: An item of ``generate_many(..., indexed=True)``: the item's own index and its request.
+IndexedRequest = tuple[int, RequestLike]
 
 #: Errors after which the job itself may have succeeded: a retry resumes it by id.
 _RESUMABLE = (
@@ -144,6 +146,11 @@ class BatchOptions(TypedDict, total=False):
       longer knows ("not found"), without ``retry_failed``. Default False: such an item
       fails with :class:`JobNotFoundError` (a new job is a new charge). For servers whose
       jobs die with them (the CLI's ``--local`` emulator).
+    - ``indexed``: each item is an ``(index, request)`` pair, and results and manifest
+      records carry that index instead of the item's position (indices unique, >= 0, gaps
+      allowed): a caller that resumes part of a larger job, such as a dataset skipping its
+      complete shards, feeds only the items it still needs under their own indices.
+      Default False.
     """
 
     dest: str | os.PathLike[str] | None
@@ -154,6 +161,7 @@ class BatchOptions(TypedDict, total=False):
     max_resubmits: int
     webhook: WebhookReceiver | None
     resubmit_lost_jobs: bool
+    indexed: bool
 
 
 class BatchClient(Protocol):
@@ -206,7 +214,8 @@ class _Batch:
     def __init__(
         self,
         client: BatchClient,
-        requests: Iterable[RequestLike] | AsyncIterable[RequestLike],
+        requests: Iterable[RequestLike | IndexedRequest]
+        | AsyncIterable[RequestLike | IndexedRequest],
         options: BatchOptions,
     ) -> None:
         unknown = sorted(set(options) - set(BatchOptions.__annotations__))
@@ -230,6 +239,7 @@ class _Batch:
         self.max_resubmits = _integer("max_resubmits", options.get("max_resubmits", 2), 0)
         self.webhook = options.get("webhook")
         self.resubmit_lost_jobs = bool(options.get("resubmit_lost_jobs", False))
+        self.indexed = bool(options.get("indexed", False))
         self._workers = 0
         self.fatal: APIError | None = None  # the answer that stopped the batch's submits
         self.not_submitted = 0
@@ -314,7 +324,7 @@ class _Batch:
         try:
             if self.dest is not None:
                 await anyio.to_thread.run_sync(remove_stale_parts, self.dest)
-            items = _Items(self.requests)
+            items = _Items(self.requests, indexed=self.indexed)
             async with anyio.create_task_group() as tg:
                 self._spawn_worker(tg, items, results)
         finally:
@@ -724,9 +734,15 @@ def _resumable(record: ManifestRecord) -> bool:
 
 
 class _Items:
-    """The input, read lazily by the workers: ``(index, item)`` pairs, None at the end."""
+    """The input, read lazily by the workers: ``(index, item)`` pairs, None at the end.
 
-    def __init__(self, requests: Iterable[RequestLike] | AsyncIterable[RequestLike]) -> None:
+    The index is the item's position in the input, or (``indexed``) the index the input
+    gives with each item as an ``(index, request)`` pair."""
+
+    def __init__(
+        self, requests: Iterable[Any] | AsyncIterable[Any], *, indexed: bool = False
+    ) -> None:
+        self._indexed = indexed
         self._iterator: Any
         if isinstance(requests, AsyncIterable):
             self._iterator, self._async = requests.__aiter__(), True
@@ -748,14 +764,31 @@ class _Items:
         except (StopIteration, StopAsyncIteration):
             self._ended = True
             return None
+        if self._indexed:
+            return _indexed_item(item)
         index = self._index
         self._index += 1
         return index, item
 
 
+def _indexed_item(item: Any) -> tuple[int, RequestLike]:
+    if (
+        isinstance(item, tuple)
+        and len(item) == 2
+        and isinstance(item[0], int)
+        and not isinstance(item[0], bool)
+        and item[0] >= 0
+    ):
+        return item[0], item[1]
+    raise ConfigurationError(
+        f"indexed=True: got an item of type {type(item).__name__}, "
+        "allowed an (index, request) pair with an integer index >= 0"
+    )
+
+
 def run_batch(
     client: BatchClient,
-    requests: Iterable[RequestLike] | AsyncIterable[RequestLike],
+    requests: Iterable[RequestLike | IndexedRequest] | AsyncIterable[RequestLike | IndexedRequest],
     **options: Unpack[BatchOptions],
 ) -> AsyncIterator[BatchResult]:
     """The async iterator behind ``Client.generate_many`` (see the module docstring).

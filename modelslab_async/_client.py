@@ -19,7 +19,7 @@ import anyio.abc
 import attrs
 
 from . import _constants as C
-from ._batch import BatchOptions, RequestLike, run_batch
+from ._batch import BatchOptions, IndexedRequest, RequestLike, run_batch
 from ._convert import coerce_request, request_to_wire
 from ._download import Downloader, DownloadPolicy
 from ._errors import (
@@ -518,7 +518,8 @@ class Client:
 
     def generate_many(
         self,
-        requests: Iterable[RequestLike] | AsyncIterable[RequestLike],
+        requests: Iterable[RequestLike | IndexedRequest]
+        | AsyncIterable[RequestLike | IndexedRequest],
         **options: Unpack[BatchOptions],
     ) -> AsyncIterator[BatchResult]:
         """Generate many requests concurrently; yields a :class:`BatchResult` per item as it
@@ -527,7 +528,8 @@ class Client:
         *requests*: any iterable or async iterable of requests, field mappings or prompt
         strings, read lazily (an item is taken only when a slot is free). *options*: see
         :class:`BatchOptions` (``dest``, ``manifest``, ``max_in_flight``, ``on_progress``,
-        ``retry_failed``, ``max_resubmits``, ``webhook``); they are checked at this call.
+        ``retry_failed``, ``max_resubmits``, ``webhook``, ``indexed``: items as ``(index,
+        request)`` pairs); they are checked at this call.
 
         One item's failure is reported on its result and never stops the batch. Leaving
         the loop early cancels the rest; wrap the call in ``contextlib.aclosing`` for that

@@ -155,6 +155,7 @@ REEXPORTING = {
     "modelslab_async",
     "modelslab_async.errors",
     "modelslab_async.cli",
+    "modelslab_async.datasets",
     "modelslab_async.emulator",
 }
 PRIVATE = [

@@ -44,6 +44,7 @@ from ._input import count_items, input_format, read_items
 from ._options import (
     Seconds,
     connection_options,
+    dataset_options,
     input_format_option,
     max_in_flight,
     request_fields,
@@ -170,6 +171,7 @@ def generate(
 )
 @slots_options
 @input_format_option
+@dataset_options
 @click.option(
     "--retry-failed", is_flag=True, help="Try again the items a previous run recorded as failed."
 )
@@ -189,6 +191,9 @@ def batch(
     slots_url: str | None,
     slots_name: str,
     input_format: str,
+    output_format: str,
+    shard_size: int,
+    prompt_column: str,
     retry_failed: bool,
     as_json: bool,
     local: bool,
@@ -203,6 +208,10 @@ def batch(
     given here are defaults for every item; a JSONL item's own fields win. A line that
     cannot be read (over 1 MiB, not UTF-8, not a JSON object) fails as its own item.
 
+    With --output-format imagefolder, webdataset or parquet, OUT becomes a dataset in shards
+    of --shard-size rows (docs/datasets.md): the input's request-field columns set each
+    row's fields, its other columns are carried as metadata; a rerun finishes it.
+
     Every run ends by writing OUT/report.html (the images with their prompts, and the
     failures); its file:// link is printed. With --slots, every process naming the same
     Redis shares one --concurrency cap.
@@ -212,6 +221,11 @@ def batch(
     if prompts != "-" and not os.path.isfile(prompts):
         raise click.BadParameter(f"{prompts!r} is not a readable file", param_hint="'PROMPTS'")
     fmt = resolve_input_format(prompts, input_format)
+    rows = None
+    if output_format != "files":
+        if as_json:
+            raise UsageFailure("--json prints the items of --output-format files only")
+        rows = dataset_rows(prompts, input_format, prompt_column, defaults)
     manifest_path = manifest if manifest is not None else out / "manifest.jsonl"
     limit = max_in_flight(concurrency)
     plan = _BatchPlan(
@@ -224,14 +238,35 @@ def batch(
         slots=shared_slots(slots_url, slots_name, limit) if slots_url is not None else None,
         retry_failed=retry_failed,
         as_json=as_json,
+        prompt_column=prompt_column,
+        output_format=output_format,
+        shard_size=shard_size,
+        rows=rows,
         resuming=manifest_path.is_file() and manifest_path.stat().st_size > 0,
         where=target(local, base_url),
     )
 
     async def body(interrupt: Interrupt, console: Console) -> int:
+        if plan.rows is not None:
+            return await _run_dataset(plan, plan.rows, interrupt, console)
         return await _run_batch(plan, interrupt, console)
 
     run(body)
+
+
+def dataset_rows(source: str, fmt: str, prompt_column: str, defaults: Mapping[str, Any]) -> Any:
+    """The rows of a dataset's input (``read_rows``, imported only here); exit 2 at once for
+    an input it cannot read (an unknown extension, a missing prompt column, no pyarrow)."""
+    if source == "-":
+        raise UsageFailure("a dataset's input is read from a file, not from standard input")
+    try:
+        from ..datasets import DatasetError, read_rows
+    except ImportError as exc:  # pragma: no cover - the package is part of the install
+        raise UsageFailure(f"--output-format needs modelslab_async.datasets ({exc})") from None
+    try:
+        return read_rows(source, prompt_column=prompt_column, input_format=fmt, defaults=defaults)  # type: ignore[arg-type]
+    except (DatasetError, ImportError) as exc:
+        raise UsageFailure(str(exc)) from None
 
 
 def resolve_input_format(source: str, given: str) -> str:
@@ -264,6 +299,10 @@ class _BatchPlan:
     as_json: bool
     resuming: bool
     where: Target
+    prompt_column: str = "prompt"
+    output_format: str = "files"
+    shard_size: int = 1000
+    rows: Any = None  # the dataset's RowReader (output formats other than files)
 
 
 async def _run_batch(plan: _BatchPlan, interrupt: Interrupt, console: Console) -> int:
@@ -288,7 +327,7 @@ async def _run_batch(plan: _BatchPlan, interrupt: Interrupt, console: Console) -
     lags: list[float] | None = [] if plan.where.local else None
     locked_out = False
     slots = plan.slots() if plan.slots is not None else None
-    items = read_items(plan.source, plan.input_format, plan.defaults)
+    items = read_items(plan.source, plan.input_format, plan.defaults, plan.prompt_column)
     async with open_client(
         plan.where, console, plan.max_in_flight, slots=slots, lags=lags
     ) as client:
@@ -345,6 +384,88 @@ async def _run_batch(plan: _BatchPlan, interrupt: Interrupt, console: Console) -
     if code == EXIT_OK and tally.failed:
         code = EXIT_FAILED
     return code
+
+
+async def _run_dataset(plan: _BatchPlan, rows: Any, interrupt: Interrupt, console: Console) -> int:
+    """``batch --output-format imagefolder|webdataset|parquet``: ``write_dataset`` on the
+    client of the batch, with the batch's progress display, report and exit codes."""
+    from ..datasets import DatasetError, DatasetProgress, DatasetSummary, write_dataset
+
+    tally = Tally()
+    stopped: APIError | None = None
+    result: DatasetSummary | None = None
+
+    def on_progress(progress: DatasetProgress) -> None:
+        tally.done, tally.failed = progress.done, progress.failed
+        tally.new_images = progress.images
+        if progress.batch is not None:
+            tally.submitted = progress.batch.submitted
+            tally.processing = progress.batch.processing
+            if progress.batch.input_exhausted:
+                tally.total = progress.rows_read
+
+    lags: list[float] | None = [] if plan.where.local else None
+    slots = plan.slots() if plan.slots is not None else None
+    async with open_client(
+        plan.where, console, plan.max_in_flight, slots=slots, lags=lags
+    ) as client:
+        if plan.resuming:
+            say(console, f"Resuming from {plan.manifest}.")
+        with Display(console, tally) as display, interrupt.scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(display.tick)
+                try:
+                    result = await write_dataset(
+                        client,
+                        rows,
+                        plan.out,
+                        output_format=plan.output_format,  # type: ignore[arg-type]
+                        shard_size=plan.shard_size,
+                        manifest=plan.manifest,
+                        on_progress=on_progress,
+                        retry_failed=plan.retry_failed,
+                    )
+                except DatasetError as exc:  # before anything was submitted
+                    display.say(f"Error: {exc}")
+                    return EXIT_USAGE
+                except (AuthenticationError, InsufficientCreditsError) as exc:
+                    stopped = exc
+                finally:
+                    tg.cancel_scope.cancel()
+    interrupted = interrupt.signum is not None
+    _dataset_summary(console, plan, tally, result)
+    await write_batch_report(console, plan.out, plan.manifest, run_stats(tally, lags))
+    if interrupted:
+        say(console, "Interrupted: rerun the same command to finish the dataset.")
+        return interrupt.exit_code
+    if stopped is not None:
+        say(console, await _stopped_line(stopped, tally, plan))
+        return EXIT_CREDITS if isinstance(stopped, InsufficientCreditsError) else EXIT_USAGE
+    assert result is not None
+    if result.retryable:
+        say(
+            console,
+            f"{result.retryable} row(s) failed and may pass on a retry: rerun with "
+            "--retry-failed to try them again.",
+        )
+    if result.failed:
+        say(console, f"{result.failed} row(s) failed: see {result.failures}.")
+    return EXIT_FAILED if result.failed or result.retryable else EXIT_OK
+
+
+def _dataset_summary(console: Console, plan: _BatchPlan, tally: Tally, result: Any) -> None:
+    """The counts of a dataset run (those of the whole dataset when it ran to the end)."""
+    if result is None:
+        say(console, f"{plan.output_format} dataset in {plan.out}: {tally.counts()}")
+        return
+    say(
+        console,
+        f"{result.output_format} dataset in {result.out}: {result.rows} rows, "
+        f"{result.done} done, {result.failed} failed, {result.retryable} to retry, "
+        f"{result.images} images; {result.shards} shards ({result.shards_written} written, "
+        f"{result.shards_skipped} complete before), {result.submitted} jobs submitted, "
+        f"{result.seconds:.1f} s" + ("" if result.complete else "; not complete"),
+    )
 
 
 async def _stopped_line(error: APIError, tally: Tally, plan: _BatchPlan) -> str:

@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from typing import IO, Any
 
 import anyio
@@ -92,21 +92,39 @@ def _open_binary(source: str) -> IO[bytes]:
     return open(source, "rb")
 
 
-def dataset_rows(source: str, fmt: str) -> Iterable[Mapping[str, Any]]:
-    """The rows of a csv or parquet file, read by ``modelslab_async.datasets.read_rows``
-    (imported only here: it needs the ``datasets`` extra)."""
+def dataset_rows(
+    source: str, fmt: str, prompt_column: str = "prompt"
+) -> Iterator[Mapping[str, Any]]:
+    """The items of a csv or parquet file, read by ``modelslab_async.datasets.read_rows``
+    (imported only here), its prompt in *prompt_column*: each row's request fields as given
+    (an empty cell leaves the command line's default; metadata columns are not request
+    fields and are not sent), or an :class:`Unreadable` for a row that could not be read."""
     try:
         datasets = importlib.import_module("modelslab_async.datasets")
     except ImportError as exc:
         raise InputError(f"{fmt} input needs modelslab_async.datasets ({exc})") from None
-    rows: Iterable[Mapping[str, Any]] = datasets.read_rows(source, input_format=fmt)
-    return rows
+    for row in datasets.read_rows(source, input_format=fmt, prompt_column=prompt_column):
+        if row.error is not None and not row.fields:  # e.g. more values than columns
+            error = row.error
+            yield Unreadable(error.field, error.value, error.allowed)
+            continue
+        yield {
+            name: value
+            for name, value in row.fields.items()
+            if name == "prompt" or not (value is None or value == "")
+        }
 
 
 Chunk = tuple[int, bytes | None] | Mapping[str, Any] | BaseException | None
 
 
-def _pump(source: str, fmt: str, send: MemoryObjectSendStream[Chunk], token: Any) -> None:
+def _pump(
+    source: str,
+    fmt: str,
+    prompt_column: str,
+    send: MemoryObjectSendStream[Chunk],
+    token: Any,
+) -> None:
     """Thread body: read lines (or rows) and hand them over one by one; the stream's
     buffer bounds the read-ahead. Ends with None, or with the error that stopped it."""
 
@@ -116,7 +134,7 @@ def _pump(source: str, fmt: str, send: MemoryObjectSendStream[Chunk], token: Any
     try:
         try:
             if fmt in ("csv", "parquet"):
-                for row in dataset_rows(source, fmt):
+                for row in dataset_rows(source, fmt, prompt_column):
                     put(row)
             else:
                 with _open_binary(source) as stream:
@@ -162,16 +180,17 @@ def _decode(line: bytes, lineno: int) -> str:
 
 
 async def read_items(
-    source: str, fmt: str, defaults: Mapping[str, Any]
+    source: str, fmt: str, defaults: Mapping[str, Any], prompt_column: str = "prompt"
 ) -> AsyncGenerator[Mapping[str, Any], None]:
     """Items of the input, read lazily by a daemon thread: text lines become ``{"prompt":
     line}``, JSONL lines their objects, dataset rows themselves; the command line's fields
-    are defaults under each item."""
+    are defaults under each item. A JSONL object's or a dataset row's prompt is its
+    *prompt_column*."""
     mode = input_format(source, fmt)
     send, receive = anyio.create_memory_object_stream[Chunk](READ_AHEAD)
     thread = threading.Thread(
         target=_pump,
-        args=(source, mode, send, anyio.lowlevel.current_token()),
+        args=(source, mode, prompt_column, send, anyio.lowlevel.current_token()),
         name="modelslab-async input reader",
         daemon=True,
     )
@@ -184,6 +203,9 @@ async def read_items(
                 return
             if isinstance(chunk, BaseException):
                 raise InputError(f"cannot read {name}: {chunk}")
+            if isinstance(chunk, Unreadable):  # a dataset row that could not be read
+                yield chunk
+                continue
             if isinstance(chunk, Mapping):
                 yield {**defaults, **chunk}
                 continue
@@ -207,16 +229,26 @@ async def read_items(
             if mode == "text":
                 yield {**defaults, "prompt": text}
             else:
-                yield _json_item(text, where, defaults)
+                yield _json_item(text, where, defaults, prompt_column)
 
 
-def _json_item(text: str, where: str, defaults: Mapping[str, Any]) -> Mapping[str, Any]:
+def _json_item(
+    text: str, where: str, defaults: Mapping[str, Any], prompt_column: str = "prompt"
+) -> Mapping[str, Any]:
     try:
         data = json.loads(text)
     except RecursionError:
         return Unreadable(where, "<nested too deeply>", "a JSON object of request fields")
     except ValueError:
         data = None
+    if isinstance(data, dict) and prompt_column != "prompt" and prompt_column in data:
+        if "prompt" in data:
+            return Unreadable(
+                f"{where} prompt",
+                "<both 'prompt' and the prompt column>",
+                f"only {prompt_column!r}",
+            )
+        data["prompt"] = data.pop(prompt_column)
     if isinstance(data, dict):
         return {**defaults, **data}
     shown = text if len(text) <= 60 else text[:57] + "..."

@@ -131,6 +131,38 @@ input_format_option = click.option(
 )
 
 
+#: The formats ``--output-format`` names (``modelslab_async.datasets`` writes all but files).
+OUTPUT_FORMATS = ("files", "imagefolder", "webdataset", "parquet")
+
+
+def dataset_options(func: F) -> F:
+    """``--output-format``, ``--shard-size`` and ``--prompt-column`` (``docs/datasets.md``)."""
+    func = click.option(
+        "--prompt-column",
+        default="prompt",
+        show_default=True,
+        metavar="NAME",
+        help="The column (csv, parquet) or JSONL key holding the prompt.",
+    )(func)
+    func = click.option(
+        "--shard-size",
+        type=click.IntRange(min=1),
+        default=1000,
+        show_default=True,
+        metavar="N",
+        help="Rows per shard (not for files): shard k holds input rows [k*N, (k+1)*N).",
+    )(func)
+    func = click.option(
+        "--output-format",
+        type=click.Choice(OUTPUT_FORMATS),
+        default="files",
+        show_default=True,
+        help="files: the images in OUT as today; imagefolder, webdataset, parquet: a dataset "
+        "in shards, with the input's other columns as metadata (needs modelslab_async.datasets).",
+    )(func)
+    return func
+
+
 def _set_value(name: str, text: str) -> Any:
     """A ``--set`` value: documented fields as text (the converter reads "512", "yes"), other
     fields as JSON when they parse (``2``, ``true``, ``{...}``) and as text otherwise."""
@@ -231,7 +263,9 @@ def max_in_flight(value: str) -> MaxInFlight:
 
 __all__ = [
     "OPTION_FIELDS",
+    "OUTPUT_FORMATS",
     "connection_options",
+    "dataset_options",
     "input_format_option",
     "max_in_flight",
     "request_fields",
