@@ -151,6 +151,11 @@ class BatchOptions(TypedDict, total=False):
       allowed): a caller that resumes part of a larger job, such as a dataset skipping its
       complete shards, feeds only the items it still needs under their own indices.
       Default False.
+    - ``fsync``: fsync each image file before it is renamed into place, so that a manifest
+      record never outlives its file in a crash of the machine (a killed process loses
+      nothing either way). Default True. False is for scratch files made durable some
+      other way (the dataset writer's staged images, fsynced inside their shard); a rerun
+      checks the files a manifest names, and downloads again any that is incomplete.
     """
 
     dest: str | os.PathLike[str] | None
@@ -162,6 +167,7 @@ class BatchOptions(TypedDict, total=False):
     webhook: WebhookReceiver | None
     resubmit_lost_jobs: bool
     indexed: bool
+    fsync: bool
 
 
 class BatchClient(Protocol):
@@ -201,7 +207,9 @@ class BatchClient(Protocol):
 
     async def resume(self, job_id: JobId, *, request: Text2ImgRequest) -> Job | Generation: ...
 
-    async def download(self, generation: Generation, dest: Path | None) -> list[GeneratedImage]: ...
+    async def download(
+        self, generation: Generation, dest: Path | None, *, fsync: bool
+    ) -> list[GeneratedImage]: ...
 
 
 def _integer(name: str, value: object, minimum: int) -> int:
@@ -240,6 +248,7 @@ class _Batch:
         self.webhook = options.get("webhook")
         self.resubmit_lost_jobs = bool(options.get("resubmit_lost_jobs", False))
         self.indexed = bool(options.get("indexed", False))
+        self.fsync = bool(options.get("fsync", True))
         self._workers = 0
         self.fatal: APIError | None = None  # the answer that stopped the batch's submits
         self.not_submitted = 0
@@ -512,7 +521,7 @@ class _Batch:
                 generation = await self.client.wait(answer)
                 if generation.id is None and job_id is not None:
                     generation = attrs.evolve(generation, id=job_id)
-                images = await self.client.download(generation, self.dest)
+                images = await self.client.download(generation, self.dest, fsync=self.fsync)
             except GenerationFailed as exc:
                 if exc.transient and attempt < self.max_resubmits:
                     attempt += 1

@@ -473,16 +473,23 @@ class Client:
         return answer
 
     async def download(
-        self, generation: Generation, dest: str | os.PathLike[str] | None = None
+        self,
+        generation: Generation,
+        dest: str | os.PathLike[str] | None = None,
+        *,
+        fsync: bool = True,
     ) -> list[GeneratedImage]:
         """Download (or base64-decode) every image of *generation*.
 
         With *dest*, files ``{job_id}-{n}.{ext}`` are written atomically there and each
-        image has ``path``; without, each image holds its bytes in ``data``. Raises
+        image has ``path``; without, each image holds its bytes in ``data``. Each file is
+        fsynced before it is renamed into place, so that what is recorded after it (a
+        manifest line) survives a crash of the machine with it; ``fsync=False`` leaves that
+        out, for scratch files that are made durable some other way. Raises
         :class:`DownloadError` when an image cannot be had.
         """
         self._check_open()
-        return await self._downloader.download(generation, dest)
+        return await self._downloader.download(generation, dest, fsync=fsync)
 
     async def text2img(
         self,
@@ -588,5 +595,7 @@ class _BatchView:
     async def resume(self, job_id: JobId, *, request: Text2ImgRequest) -> Job | Generation:
         return await self._client.resume(job_id, request=request)
 
-    async def download(self, generation: Generation, dest: Path | None) -> list[GeneratedImage]:
-        return await self._client.download(generation, dest)
+    async def download(
+        self, generation: Generation, dest: Path | None, *, fsync: bool
+    ) -> list[GeneratedImage]:
+        return await self._client.download(generation, dest, fsync=fsync)

@@ -10,7 +10,8 @@ never from https to http (a download never carries the key); the body is asked f
 accepted only without a content encoding (``Accept-Encoding: identity``), so the size cap
 counts the bytes that are kept, and a gzip bomb is refused before it is inflated.
 
-A body is streamed to a ``.part`` file beside its destination, fsynced, and moved into place
+A body is streamed to a ``.part`` file beside its destination, fsynced (unless the caller
+says the file is scratch: ``fsync=False``), and moved into place
 with ``os.replace`` only after its length (``Content-Length``) and image signature
 (PNG/JPEG/WebP/GIF) check out, so a crash never leaves a partial file under a final name,
 and a manifest's ``done`` record (fsynced after) never points at data still in the page
@@ -148,9 +149,15 @@ class Downloader:
         self._timeout = transport.timeouts.for_download()
 
     async def download(
-        self, generation: Generation, dest: str | os.PathLike[str] | None = None
+        self,
+        generation: Generation,
+        dest: str | os.PathLike[str] | None = None,
+        *,
+        fsync: bool = True,
     ) -> list[GeneratedImage]:
-        """Every image of *generation*, in order: written under *dest*, or as bytes."""
+        """Every image of *generation*, in order: written under *dest*, or as bytes.
+        ``fsync=False`` renames files into place without an fsync (scratch files that the
+        caller makes durable some other way)."""
         links = generation.output
         if not links:
             return []
@@ -169,10 +176,12 @@ class Downloader:
                     ) from exc
                 self._made[dest] = folder
         if len(links) == 1:
-            return [await self._one(generation, 0, folder)]
-        return await self._many(generation, folder)
+            return [await self._one(generation, 0, folder, fsync)]
+        return await self._many(generation, folder, fsync)
 
-    async def _many(self, generation: Generation, folder: Path | None) -> list[GeneratedImage]:
+    async def _many(
+        self, generation: Generation, folder: Path | None, fsync: bool
+    ) -> list[GeneratedImage]:
         """Several images, at most ``policy.concurrency`` at once."""
         links = generation.output
         results: list[GeneratedImage | None] = [None] * len(links)
@@ -182,7 +191,7 @@ class Downloader:
         async def one(index: int) -> None:
             async with limiter:
                 try:
-                    results[index] = await self._one(generation, index, folder)
+                    results[index] = await self._one(generation, index, folder, fsync)
                 except ModelsLabError as exc:
                     errors.append(exc)
 
@@ -193,14 +202,21 @@ class Downloader:
             raise errors[0]
         return [r for r in results if r is not None]
 
-    async def _one(self, generation: Generation, index: int, folder: Path | None) -> GeneratedImage:
+    async def _one(
+        self, generation: Generation, index: int, folder: Path | None, fsync: bool
+    ) -> GeneratedImage:
         try:
-            return await self._from_url(generation, index, generation.output[index], folder)
+            return await self._from_url(generation, index, generation.output[index], folder, fsync)
         except ModelsLabError as exc:
-            return await self._mirror(generation, index, folder, exc)
+            return await self._mirror(generation, index, folder, fsync, exc)
 
     async def _mirror(
-        self, generation: Generation, index: int, folder: Path | None, last: ModelsLabError
+        self,
+        generation: Generation,
+        index: int,
+        folder: Path | None,
+        fsync: bool,
+        last: ModelsLabError,
     ) -> GeneratedImage:
         """After the primary link failed with *last*: its mirror, if it has a distinct one."""
         tried = generation.output[index]
@@ -208,7 +224,7 @@ class Downloader:
         if index < len(proxies) and proxies[index] != tried:
             tried = proxies[index]
             try:
-                return await self._from_url(generation, index, tried, folder)
+                return await self._from_url(generation, index, tried, folder, fsync)
             except ModelsLabError as exc:
                 last = exc
         if isinstance(last, DownloadError):
@@ -222,7 +238,7 @@ class Downloader:
         ) from last
 
     async def _from_url(
-        self, generation: Generation, index: int, url: str, folder: Path | None
+        self, generation: Generation, index: int, url: str, folder: Path | None, fsync: bool
     ) -> GeneratedImage:
         """One link, under the transport's retry loop; 404/403 ("not there yet") are retried
         inside each attempt, with backoff, up to ``not_ready_timeout`` from the start."""
@@ -236,7 +252,7 @@ class Downloader:
             nonlocal not_ready
             while True:
                 try:
-                    return await self._get(url, job_id, index, stem, folder, is_b64)
+                    return await self._get(url, job_id, index, stem, folder, is_b64, fsync)
                 except _NotReady as exc:
                     elapsed = time.monotonic() - started
                     if elapsed >= self.policy.not_ready_timeout:
@@ -285,6 +301,7 @@ class Downloader:
         stem: str,
         folder: Path | None,
         is_b64: bool,
+        fsync: bool,
     ) -> GeneratedImage:
         self.transport.counters["download"] += 1
         limit = self.policy.max_bytes * (2 if is_b64 else 1)
@@ -408,10 +425,12 @@ class Downloader:
         final = folder / f"{stem}.{ext}"
         try:
             if writer is None:  # the whole image is in memory: one thread trip
-                path = await anyio.to_thread.run_sync(_write_atomic, folder, stem, data, final)
+                path = await anyio.to_thread.run_sync(
+                    _write_atomic, folder, stem, data, final, fsync
+                )
             else:
                 await writer.write(data)
-                path = await writer.commit(final)
+                path = await writer.commit(final, fsync)
         except OSError as exc:
             if writer is not None:
                 await writer.discard()
@@ -482,13 +501,14 @@ class _PartWriter:
     async def write(self, data: bytes) -> None:
         await anyio.to_thread.run_sync(self._handle.write, data)
 
-    async def commit(self, final: Path) -> Path:
+    async def commit(self, final: Path, fsync: bool) -> Path:
         handle = self._handle
         path = self.path
 
         def finish() -> None:
             handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                os.fsync(handle.fileno())
             os.replace(path, final)  # before close: the lock is held until the name is gone
             handle.close()
 
@@ -546,16 +566,17 @@ def _create_part(folder: Path, stem: str) -> tuple[int, str]:
         os.close(fd)
 
 
-def _write_atomic(folder: Path, stem: str, data: bytes, final: Path) -> Path:
-    """Write *data* to a locked ``.part`` file, fsync it, then rename it to *final* (from a
-    worker thread)."""
+def _write_atomic(folder: Path, stem: str, data: bytes, final: Path, fsync: bool) -> Path:
+    """Write *data* to a locked ``.part`` file, fsync it (unless told not to), then rename
+    it to *final* (from a worker thread)."""
     fd, part = _create_part(folder, stem)
     try:
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if fsync:
+                os.fsync(fd)
             os.replace(part, final)  # before close: the lock is held until the name is gone
         finally:
             os.close(fd)
@@ -597,10 +618,23 @@ def remove_stale_parts(folder: str | os.PathLike[str]) -> int:
 
 
 def verify_image_file(path: str | os.PathLike[str]) -> bool:
-    """True when *path* exists and starts with an image signature."""
+    """True when *path* is an image file that is not cut short: it starts with an image
+    signature, a PNG ends with its ``IEND`` chunk, and a WebP is as long as its RIFF
+    header says. (A file renamed into place without an fsync can be empty or cut short
+    after a crash of the machine.)"""
     try:
         with open(path, "rb") as handle:
-            return sniff(handle.read(16)) is not None
+            head = handle.read(16)
+            kind = sniff(head)
+            if kind is None:
+                return False
+            size = os.fstat(handle.fileno()).st_size
+            if kind[0] == "png":
+                handle.seek(max(0, size - len(_PNG_END)))
+                return handle.read() == _PNG_END
+            if kind[0] == "webp":
+                return int.from_bytes(head[4:8], "little") + 8 == size
+            return True
     except OSError:
         return False
 

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import pytest
 
 from modelslab_async import Client
 from modelslab_async._errors import JobId
@@ -32,3 +33,19 @@ async def emulated_client(
 def job_stats(emu: Emulator, job_id: JobId | None) -> JobStats:
     """What the emulator saw of one job (its ids are integers)."""
     return emu.stats.jobs[int(str(job_id))]
+
+
+def record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now until *monkeypatch* is undone, the path of every file ``os.fsync`` is
+    called on (from any thread), in order."""
+    import os
+
+    synced: list[str] = []
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    return synced

@@ -32,7 +32,7 @@ from modelslab_async.datasets import (
 )
 from modelslab_async.emulator import Emulator, EmulatorConfig
 
-from ._emulated import emulated_client
+from ._emulated import emulated_client, record_fsyncs
 
 pytestmark = pytest.mark.anyio
 
@@ -429,6 +429,27 @@ async def test_bad_arguments_are_refused(tmp_path: Path) -> None:
 # --- resume in the same process ------------------------------------------------------------
 
 
+async def stop_a_third_of_the_way(emu: Emulator, source: Path, out: Path, fmt: str) -> None:
+    """Run the dataset in shards of 100 and cancel it (from its progress callback) once a
+    third of the rows are done."""
+    async with Client(KEY, base_url=emu.base_url, max_in_flight=8) as client:
+        with anyio.fail_after(30), anyio.CancelScope() as scope:
+
+            def stop_at_a_third(progress: DatasetProgress) -> None:
+                if progress.done >= ROWS // 3:
+                    scope.cancel()
+
+            await write_dataset(
+                client,
+                read_rows(source),
+                out,
+                output_format=fmt,
+                shard_size=100,
+                on_progress=stop_at_a_third,
+            )
+        assert scope.cancelled_caught
+
+
 async def test_a_stopped_run_resumes_from_staging_and_manifest_without_paying_twice(
     tmp_path: Path,
 ) -> None:
@@ -436,22 +457,7 @@ async def test_a_stopped_run_resumes_from_staging_and_manifest_without_paying_tw
     shards finish from the staged rows and the manifest; each row once, no job twice."""
     source, out = input_parquet(tmp_path / "in.parquet"), tmp_path / "pq"
     async with Emulator(config(seed=3)) as emu:
-        async with Client(KEY, base_url=emu.base_url, max_in_flight=8) as client:
-            with anyio.fail_after(30), anyio.CancelScope() as scope:
-
-                def stop_at_a_third(progress: DatasetProgress) -> None:
-                    if progress.done >= ROWS // 3:
-                        scope.cancel()
-
-                await write_dataset(
-                    client,
-                    read_rows(source),
-                    out,
-                    output_format="parquet",
-                    shard_size=100,
-                    on_progress=stop_at_a_third,
-                )
-            assert scope.cancelled_caught
+        await stop_a_third_of_the_way(emu, source, out, "parquet")
         logs = (out / ".staging").glob("*.jsonl")
         staged = [line for log in logs for line in log.read_text().splitlines()]
         assert len(staged) >= ROWS // 3  # a line per finished row of the open shards
@@ -472,6 +478,55 @@ async def test_a_stopped_run_resumes_from_staging_and_manifest_without_paying_tw
         with Image.open(io.BytesIO(image["bytes"])) as decoded:
             assert decoded.size == (SIZE, SIZE)
     assert len(read_failures(out)) == 2
+
+
+async def test_staged_images_are_not_fsynced_and_a_cut_short_one_is_had_again_without_paying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Staged images are scratch (their shard is fsynced when written), so they are renamed
+    into place without an fsync; after a crash of the machine one may be empty or cut
+    short. A rerun downloads such an image again from its job (no new submission), and
+    the shard holds the served bytes."""
+    source, out = input_parquet(tmp_path / "in.parquet"), tmp_path / "wds"
+    synced = record_fsyncs(monkeypatch)
+    async with Emulator(config(seed=5)) as emu:
+        await stop_a_third_of_the_way(emu, source, out, "webdataset")
+        staged = sorted((out / ".staging").glob("*.png"))
+        assert len(staged) >= 2
+        assert not [p for p in synced if p.endswith((".png", ".part"))]
+        cut, emptied = staged[0], staged[-1]
+        cut.write_bytes(cut.read_bytes()[:-10])
+        emptied.write_bytes(b"")
+        async with Client(KEY, base_url=emu.base_url, max_in_flight=8) as client:
+            with anyio.fail_after(30):
+                summary = await write_dataset(
+                    client, read_rows(source), out, output_format="webdataset", shard_size=100
+                )
+        assert emu.stats.duplicate_submissions() == 0
+        assert emu.stats.total_jobs == 248
+        served = await served_images(
+            emu.base_url, (p.name.rsplit("-", 1)[0] for p in (cut, emptied))
+        )
+    monkeypatch.undo()
+    assert summary.complete
+    assert (summary.done, summary.failed) == (248, 2)
+    assert [p for p in synced if p.endswith(".tar.tmp")]  # shards are fsynced, then renamed
+    packed: dict[str, bytes] = {}
+    keys: Counter[str] = Counter()
+    for tar_path in sorted(out.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for member in tar.getmembers():
+                key, _, ext = member.name.partition(".")
+                if ext == "json":
+                    keys[key] += 1
+                    meta = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
+                    packed[str(meta["job_id"])] = b""
+                    last = str(meta["job_id"])
+                else:
+                    packed[last] = tar.extractfile(member).read()  # type: ignore[union-attr]
+    assert keys == Counter(expected_keys())
+    for job_id, data in served.items():
+        assert packed[job_id] == data
 
 
 async def test_rows_added_to_a_complete_shard_are_refused_not_skipped(tmp_path: Path) -> None:

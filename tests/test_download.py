@@ -26,8 +26,9 @@ from modelslab_async import (
     RetryPolicy,
     Text2ImgRequest,
 )
+from modelslab_async._download import verify_image_file
 from modelslab_async.emulator import Emulator, EmulatorConfig, EndpointFaults, Faults
-from tests._emulated import emulated_client, job_stats
+from tests._emulated import emulated_client, job_stats, record_fsyncs
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("blockbuster")]
 
@@ -119,6 +120,46 @@ async def test_images_are_written_in_a_thread_and_fsynced_before_the_rename(
         synced = events.index(next(e for e in events if e[:2] == ("fsync", part)))
         assert synced < events.index(next(e for e in events if e[:2] == ("replace", part)))
     assert threading.get_ident() not in {thread for *_, thread in events}
+
+
+async def test_fsync_false_renames_into_place_without_an_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    synced = record_fsyncs(monkeypatch)
+    async with emulated() as (_, client):
+        gen = await client.text2img(prompt="no fsync", width=64, height=64)
+        images = await client.download(gen, tmp_path / "scratch", fsync=False)
+        await client.download(gen, tmp_path / "kept")
+    monkeypatch.undo()
+    assert images[0].path is not None
+    assert is_whole_png(images[0].path.read_bytes())
+    assert not [p for p in synced if "/scratch/" in p]
+    assert [p for p in synced if "/kept/" in p]  # the default stays durable
+    assert sorted(os.listdir(tmp_path / "scratch")) == [f"{gen.id}-0.png"]
+
+
+def test_verify_image_file_refuses_empty_cut_short_and_foreign_files(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buffer, format="WEBP")
+    webp = buffer.getvalue()
+    cases = {
+        "whole.png": (png, True),
+        "cut.png": (png[:-5], False),
+        "empty.png": (b"", False),
+        "whole.webp": (webp, True),
+        "cut.webp": (webp[:-3], False),
+        "text.png": (b"<html>not an image</html>", False),
+    }
+    for name, (data, _) in cases.items():
+        (tmp_path / name).write_bytes(data)
+    found = {name: verify_image_file(tmp_path / name) for name in cases}
+    assert found == {name: ok for name, (_, ok) in cases.items()}
+    assert verify_image_file(tmp_path / "missing.png") is False
 
 
 async def test_links_that_404_for_a_while_after_success_are_retried(tmp_path: Path) -> None:

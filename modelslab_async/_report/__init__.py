@@ -156,7 +156,7 @@ def write_report(
     page = template.render(context).encode("utf-8")
     target = out / REPORT_NAME
     out.mkdir(parents=True, exist_ok=True)
-    return _write_atomic(out, REPORT_NAME, page, target)
+    return _write_atomic(out, REPORT_NAME, page, target, fsync=True)
 
 
 # --- the page's parts ----------------------------------------------------------------------

@@ -47,6 +47,7 @@ from .. import (
     RequestValidationError,
     Text2ImgRequest,
 )
+from .._download import verify_image_file
 from ._common import (
     FAILURES_FILE,
     INFO_FILE,
@@ -276,6 +277,8 @@ class _Run:
                     on_progress=self.on_batch,
                     retry_failed=self.retry_failed,
                     indexed=True,
+                    # Staged images are scratch: their shard is fsynced when written.
+                    fsync=self.layout.output_format == "files",
                 )
                 try:
                     async with aclosing(results):  # type: ignore[type-var]
@@ -477,8 +480,11 @@ class _Run:
         return {i: data for i, data in staged.items() if self._files_present(data)}
 
     def _files_present(self, data: dict[str, Any]) -> bool:
+        """Every image of the staged row is there and whole (staged images are not fsynced:
+        after a crash of the machine one may be empty or cut short, and is then had again
+        through the batch's manifest)."""
         images = self.layout.images
-        return all((images / f).is_file() for f in data.get("files") or ())
+        return all(verify_image_file(images / f) for f in data.get("files") or ())
 
     # --- the rows the batch finished ------------------------------------------------------
 

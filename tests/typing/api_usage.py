@@ -181,14 +181,16 @@ async def main(prompts: list[str]) -> None:
         answer: Job | Generation = await client.submit(request)
         gen: Generation = await client.wait(answer, timeout=600)
         images: list[GeneratedImage] = await client.download(gen, dest="out/")
+        scratch: list[GeneratedImage] = await client.download(gen, "tmp/", fsync=False)
         done: Generation = await client.text2img(prompt="a red fox", dest=Path("out"))
         results: AsyncIterator[BatchResult] = client.generate_many(
             [request, {"prompt": "a blue fox"}, *prompts], dest="out/", manifest="run.jsonl"
         )
+        staged = client.generate_many(prompts, dest="tmp/", fsync=False)
         async for result in results:
             outcome(result)
         describe(done)
-        del images
+        del images, scratch, staged
 
 
 # --- batches: generate_many's options are one TypedDict --------------------------------------
