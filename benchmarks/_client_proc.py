@@ -15,6 +15,8 @@ Clients:
 - ``modelslab_async``: ``Client(max_in_flight=C)`` and ``generate_many(..., dest=DIR)`` at
   their defaults otherwise.
 - ``hand_loop``: :func:`hand_loop.run` (aiohttp + asyncio.gather + Semaphore(C)).
+- ``hand_loop_durable``: the same loop writing each image as the SDK does (a temporary
+  file, fsynced and renamed, in a worker thread): the cost of durable writes alone.
 - ``official``: the official ``modelslab-py`` SDK's async client. Its ``Client`` has no
   ``base_url`` parameter: the attribute (``https://modelslab.com/api/`` as shipped) is set to
   ``{emulator}/api/`` before ``Community(client)`` is built (``Community`` appends
@@ -86,7 +88,7 @@ async def _modelslab_async(ns: argparse.Namespace) -> dict[str, Any]:
     return {"ok": ok, "failed": failed, "images": images, "errors": errors, "calls": calls}
 
 
-async def _hand_loop(ns: argparse.Namespace) -> dict[str, Any]:
+async def _hand_loop(ns: argparse.Namespace, *, durable: bool = False) -> dict[str, Any]:
     summary = await run_hand_loop(
         ns.base_url,
         [prompt_for(i) for i in range(ns.jobs)],
@@ -94,6 +96,7 @@ async def _hand_loop(ns: argparse.Namespace) -> dict[str, Any]:
         concurrency=ns.in_flight,
         size=ns.size,
         min_interval=ns.min_interval,
+        durable=durable,
     )
     return {
         "ok": summary.ok,
@@ -165,7 +168,16 @@ async def _official(ns: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-RUNNERS = {"modelslab_async": _modelslab_async, "hand_loop": _hand_loop, "official": _official}
+async def _hand_loop_durable(ns: argparse.Namespace) -> dict[str, Any]:
+    return await _hand_loop(ns, durable=True)
+
+
+RUNNERS = {
+    "modelslab_async": _modelslab_async,
+    "hand_loop": _hand_loop,
+    "hand_loop_durable": _hand_loop_durable,
+    "official": _official,
+}
 
 
 def main() -> None:

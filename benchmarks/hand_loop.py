@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -66,8 +67,11 @@ async def download(
     *,
     not_ready_interval: float = 0.25,
     not_ready_tries: int = 40,
+    durable: bool = False,
 ) -> None:
-    """GET ``url`` into ``path``; a 404 means "not there yet": wait and try again."""
+    """GET ``url`` into ``path``; a 404 means "not there yet": wait and try again.
+    ``durable``: write as the SDK does (a temporary file, fsynced and renamed, in a worker
+    thread) instead of a plain blocking write."""
     for _ in range(not_ready_tries):
         async with session.get(url) as resp:
             if resp.status == 404:
@@ -75,10 +79,22 @@ async def download(
                 continue
             resp.raise_for_status()
             data = await resp.read()
-        # A plain blocking write, as such loops usually do (cheaper than a thread hop).
-        path.write_bytes(data)  # noqa: ASYNC240
+        if durable:
+            await asyncio.to_thread(_write_durable, path, data)
+        else:
+            # A plain blocking write, as such loops usually do (cheaper than a thread hop).
+            path.write_bytes(data)  # noqa: ASYNC240
         return
     raise HandLoopError(f"{url} still 404 after {not_ready_tries} tries")
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    part = path.with_name(f".{path.name}.part")
+    with open(part, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(part, path)
 
 
 async def generate_one(
@@ -93,6 +109,7 @@ async def generate_one(
     size: int,
     dest: Path,
     min_interval: float,
+    durable: bool = False,
 ) -> int:
     """Submit, poll every ``eta`` seconds, download; returns the number of images written."""
     async with sem:
@@ -115,7 +132,7 @@ async def generate_one(
             raise HandLoopError(f"job {index}: {data.get('status')}: {message}")
     links = data.get("output") or []
     for n, url in enumerate(links):
-        await download(session, url, dest / f"{index}-{n}.png")
+        await download(session, url, dest / f"{index}-{n}.png", durable=durable)
     return len(links)
 
 
@@ -128,8 +145,10 @@ async def run(
     key: str = "bench-key",
     size: int = 512,
     min_interval: float = 0.1,
+    durable: bool = False,
 ) -> HandLoopSummary:
-    """Generate one image per prompt with at most ``concurrency`` jobs in flight."""
+    """Generate one image per prompt with at most ``concurrency`` jobs in flight
+    (``durable``: see :func:`download`)."""
     dest.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
     summary = HandLoopSummary()
     sem = asyncio.Semaphore(concurrency)
@@ -148,6 +167,7 @@ async def run(
                     size=size,
                     dest=dest,
                     min_interval=min_interval,
+                    durable=durable,
                 )
                 for i, prompt in enumerate(prompts)
             ),

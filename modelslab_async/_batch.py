@@ -198,9 +198,11 @@ class BatchClient(Protocol):
         *,
         watch: SubmitWatch | None,
         webhook: WebhookReceiver | None,
+        track_id: str | int | None,
     ) -> Job | Generation:
-        """Submit *request* in an in-flight slot (see :meth:`Client.submit`); *watch* is told
-        about each attempt, *webhook* (if any) is told when the job finishes."""
+        """Submit *request* in an in-flight slot (see :meth:`Client.submit`) under
+        *track_id* (None: the request's own); *watch* is told about each attempt, *webhook*
+        (if any) is told when the job finishes."""
         ...
 
     async def wait(self, job: Job | Generation) -> Generation: ...
@@ -492,16 +494,18 @@ class _Batch:
                     resume_id = None
                 else:
                     job_id = None  # a new job: an error of this submit is not the last job's
-                    sent = self._with_track_id(request, fp, index, attempt)
-                    ahead = self._write_ahead(index, fp, attempt, sent.track_id)
+                    track_id = self._track_id(request, fp, index, attempt)
+                    ahead = self._write_ahead(index, fp, attempt, track_id)
                     try:
-                        answer = await self.client.submit(sent, watch=ahead, webhook=self.webhook)
+                        answer = await self.client.submit(
+                            request, watch=ahead, webhook=self.webhook, track_id=track_id
+                        )
                     except _NotSent:
-                        await self._not_submitted(index, fp, attempt, sent.track_id)
+                        await self._not_submitted(index, fp, attempt, track_id)
                         return None
                     except _BATCH_FATAL as exc:
                         self._stop(exc)  # refused: surely no job was created
-                        await self._not_submitted(index, fp, attempt, sent.track_id)
+                        await self._not_submitted(index, fp, attempt, track_id)
                         return None
                     except BaseException as exc:
                         if not isinstance(exc, ModelsLabError):
@@ -515,7 +519,7 @@ class _Batch:
                         fingerprint=fp,
                         job_id=answer.id,
                         attempt=attempt,
-                        track_id=sent.track_id,
+                        track_id=track_id,
                     )
                     self._changed()
                 generation = await self.client.wait(answer)
@@ -584,15 +588,12 @@ class _Batch:
         )
 
     @staticmethod
-    def _with_track_id(
-        request: Text2ImgRequest, fp: str, index: int, attempt: int
-    ) -> Text2ImgRequest:
-        """The request as sent: with a track id derived from the fingerprint, the index and
-        the attempt, unless the user set one."""
+    def _track_id(request: Text2ImgRequest, fp: str, index: int, attempt: int) -> str | int:
+        """The track id the item is sent under: the user's, or one derived from the
+        fingerprint, the index and the attempt."""
         if request.track_id is not None:
-            return request
-        track_id = f"mla-{fp[:20]}-{index}" + (f"-r{attempt}" if attempt else "")
-        return attrs.evolve(request, track_id=track_id)
+            return request.track_id
+        return f"mla-{fp[:20]}-{index}" + (f"-r{attempt}" if attempt else "")
 
     async def _failed(
         self,

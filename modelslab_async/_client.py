@@ -261,11 +261,12 @@ class Client:
         watch: SubmitWatch | None = None,
         webhook: WebhookReceiver | None = None,
         job_meta: bool = True,
+        track_id: str | int | None = None,
     ) -> Job | Generation:
         """:meth:`submit`; *watch* is told about each attempt (the batch's write-ahead
         record), *webhook* overrides the client's receiver, ``job_meta=False`` leaves the
         processing answer's ``meta`` out of the :class:`Job` (for a caller that never
-        shows the job)."""
+        shows the job), *track_id* (if not None) is sent instead of the request's own."""
         self._check_open()
         lease = await self._acquire()
         holding = True  # False while a refused submit queues for its next slot
@@ -274,13 +275,15 @@ class Client:
             receiver = None
         try:
             self._check_open()  # it may have closed while this submit waited for a slot
-            if receiver is not None:
+            if track_id is None:
                 track_id = request.track_id
+            if receiver is not None:
                 if track_id is None:
                     track_id = f"mla-{uuid.uuid4().hex}"
                 request = attrs.evolve(request, webhook=receiver.url, track_id=track_id)
                 receiver.pending(track_id)
             wire = request_to_wire(request)
+            wire["track_id"] = track_id  # the request's own, or the one given
             waited = 0.0
             while True:
                 try:
@@ -315,26 +318,26 @@ class Client:
             if holding:
                 with anyio.CancelScope(shield=True):
                     await self._release(lease)
-            if receiver is not None and request.track_id is not None:
-                receiver.forget(request.track_id)
+            if receiver is not None and track_id is not None:
+                receiver.forget(track_id)
             raise
         if self._auto is not None:
             await self._auto.accepted()
         if isinstance(answer, Generation):
             await self._release(lease)
-            if receiver is not None and request.track_id is not None:
-                receiver.forget(request.track_id)
+            if receiver is not None and track_id is not None:
+                receiver.forget(track_id)
             return answer
         first_check = None
         if receiver is not None:
             first_check = max(0.0, answer.eta) + self.poll_policy.webhook_grace
         self._poller.track(
             answer,
-            on_resolved=functools.partial(self._job_resolved, lease, receiver, request.track_id),
+            on_resolved=functools.partial(self._job_resolved, lease, receiver, track_id),
             first_check=first_check,
         )
-        if receiver is not None and request.track_id is not None:
-            receiver.expect(request.track_id, functools.partial(self._poller.wake, answer.id))
+        if receiver is not None and track_id is not None:
+            receiver.expect(track_id, functools.partial(self._poller.wake, answer.id))
         return answer
 
     async def _job_resolved(
@@ -585,9 +588,12 @@ class _BatchView:
         *,
         watch: SubmitWatch | None,
         webhook: WebhookReceiver | None,
+        track_id: str | int | None,
     ) -> Job | Generation:
         # The batch yields the finished generation (with its own meta), never the Job.
-        return await self._client._submit(request, watch=watch, webhook=webhook, job_meta=False)
+        return await self._client._submit(
+            request, watch=watch, webhook=webhook, job_meta=False, track_id=track_id
+        )
 
     async def wait(self, job: Job | Generation) -> Generation:
         return await self._client.wait(job)

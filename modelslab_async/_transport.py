@@ -564,14 +564,16 @@ class Transport:
             if watch is not None:
                 await watch.sending()
             self.counters[op] += 1
+            post = self._post_once(op, url, body, request, job_id, job_meta)
             try:
-                with anyio.CancelScope(shield=watch is not None and watch.shield):
-                    result = await self._post_once(op, url, body, request, job_id, job_meta)
+                if watch is not None and watch.shield:
+                    with anyio.CancelScope(shield=True):
+                        return await post
+                return await post
             except _AttemptFailed as failed:
                 if watch is not None and _surely_not_created(failed.outcome):
                     watch.refused()
                 raise
-            return result
 
         return await self.with_retries(op, attempt)
 
