@@ -491,7 +491,8 @@ async def test_staged_images_are_not_fsynced_and_a_cut_short_one_is_had_again_wi
     synced = record_fsyncs(monkeypatch)
     async with Emulator(config(seed=5)) as emu:
         await stop_a_third_of_the_way(emu, source, out, "webdataset")
-        staged = sorted((out / ".staging").glob("*.png"))
+        # (Images of a shard already written are emptied, and removed at the end.)
+        staged = sorted(p for p in (out / ".staging").glob("*.png") if p.stat().st_size)
         assert len(staged) >= 2
         assert not [p for p in synced if p.endswith((".png", ".part"))]
         cut, emptied = staged[0], staged[-1]
@@ -527,6 +528,27 @@ async def test_staged_images_are_not_fsynced_and_a_cut_short_one_is_had_again_wi
     assert keys == Counter(expected_keys())
     for job_id, data in served.items():
         assert packed[job_id] == data
+
+
+async def test_a_written_shard_s_staged_images_are_emptied_and_removed_at_the_end(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "wds"
+    rows = [Row.build(i, {"prompt": f"p {i}", "width": 32, "height": 32}) for i in range(30)]
+    sizes: list[list[int]] = []
+
+    def look(progress: DatasetProgress) -> None:
+        if progress.shards_written == 1 and not sizes:
+            sizes.append([p.stat().st_size for p in (out / ".staging").glob("*.png")])
+
+    async with emulated_client(KEY, config()) as (_, client):
+        summary = await write_dataset(
+            client, rows, out, output_format="webdataset", shard_size=10, on_progress=look
+        )
+    assert summary.complete
+    assert sizes
+    assert sizes[0].count(0) == 10  # the first shard's images, space freed at once
+    assert not (out / ".staging").exists()
 
 
 async def test_rows_added_to_a_complete_shard_are_refused_not_skipped(tmp_path: Path) -> None:

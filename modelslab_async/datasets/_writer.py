@@ -17,6 +17,7 @@ the manifest and submits only what was never submitted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -626,11 +627,21 @@ class _Run:
             "finished_at": round(time.time(), 3),
         }
         write_atomic(layout.out / stats_name(number), dumps(stats) + "\n")
-        # The shard is complete: what it staged can go.
-        if layout.output_format != "files":
+        # The shard is complete: what it staged can go. An imagefolder shard holds links to
+        # its staged images: their staged names go. Images copied into a tar or parquet
+        # shard are emptied (their space freed) and removed with the staging folder at the
+        # end: on ext4, files deleted while the batch creates the next shard's make each
+        # new file several times dearer to create (an inode freed in the last minutes is
+        # not reused, and skipping one reads its inode block; benchmarks/README.md).
+        if layout.output_format == "imagefolder":
             for item in done:
                 for f in item.get("files") or ():
                     (layout.images / f).unlink(missing_ok=True)
+        elif layout.output_format != "files":
+            for item in done:
+                for f in item.get("files") or ():
+                    with contextlib.suppress(FileNotFoundError):
+                        os.truncate(layout.images / f, 0)
         self.log_path(number).unlink(missing_ok=True)
         return stats
 
