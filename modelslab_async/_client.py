@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import time
 import uuid
@@ -59,6 +60,23 @@ class ClientStats:
     poller: PollerStats
     calls: Mapping[str, int]
     rate_limit_pauses: int
+
+
+def _timeout(value: float | None) -> float | None:
+    """*value* if it is None or a finite number of seconds > 0 (a NaN deadline never
+    passes, and a negative one has passed already); else a ConfigurationError naming it."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigurationError(
+            f"timeout: got {value!r}, allowed a finite number of seconds > 0 or None"
+        )
+    return float(value)
 
 
 def _slots_for(max_in_flight: MaxInFlight | None, slots: Slots | None) -> Slots:
@@ -449,6 +467,7 @@ class Client:
         :class:`ClientStateError` if the client closes first. Cancelling one waiter leaves
         every other job alone.
         """
+        timeout = _timeout(timeout)
         self._check_open()
         if isinstance(job, Generation):
             return job
@@ -508,6 +527,7 @@ class Client:
         *timeout* bounds the whole call (raises :class:`GenerationTimeout` with the job id
         when the job was submitted).
         """
+        timeout = _timeout(timeout)
         req = coerce_request(request, fields)
         started = time.monotonic()
         job_id: JobId | None = None

@@ -149,6 +149,20 @@ async def test_a_job_failed_at_submit_raises_generation_failed() -> None:
         assert client.statistics().in_flight == 0
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1, 0, True, "5"])
+async def test_a_timeout_that_is_not_a_finite_number_above_zero_is_refused(bad: Any) -> None:
+    # A NaN deadline never passes and a negative one has passed already: both are refused
+    # naming the argument, and text2img refuses before anything is submitted.
+    async with emulated(EmulatorConfig(duration=0.05)) as (emu, client):
+        job = await client.submit(prompt="timeouts")
+        with pytest.raises(ConfigurationError, match=r"timeout: got .*finite number of sec"):
+            await client.wait(job, timeout=bad)
+        with pytest.raises(ConfigurationError, match=r"timeout: got "):
+            await client.text2img(prompt="never sent", timeout=bad)
+        assert emu.stats.total_jobs == 1
+        await client.wait(job, timeout=30)
+
+
 async def test_wait_timeout_raises_generation_timeout_and_the_job_can_be_fetched_later() -> None:
     async with emulated(EmulatorConfig(duration=0.5)) as (emu, client):
         job = await client.submit(prompt="slow")
