@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -153,6 +154,19 @@ async def run(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 8000)
         await anyio.sleep_forever()
 
 
+async def _serve_until_signalled(config: EmulatorConfig, host: str, port: int) -> None:
+    """:func:`run` until SIGINT or SIGTERM. The handlers are the event loop's own, so a stop
+    signal works even when the parent started the process with SIGINT ignored (as a shell
+    does for a background job)."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, config, host, port)
+            async for _ in signals:
+                tg.cancel_scope.cancel()
+                break
+    print("stopped", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m modelslab_async.emulator``."""
     parser = argparse.ArgumentParser(
@@ -166,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     try:
-        asyncio.run(run(config, ns.host, ns.port))
-    except KeyboardInterrupt:
+        asyncio.run(_serve_until_signalled(config, ns.host, ns.port))
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping
         print("stopped", file=sys.stderr)
     return 0

@@ -124,12 +124,29 @@ async def test_constructor_overrides() -> None:
         _ = emu.base_url
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.mark.anyio
-async def test_python_dash_m_serves_until_interrupted() -> None:
+@pytest.mark.parametrize(
+    ("stop", "sigint_ignored"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["sigint", "sigterm", "sigint-ignored-by-the-parent"],
+)
+async def test_python_dash_m_serves_until_interrupted(stop: int, sigint_ignored: bool) -> None:
+    # A shell starts a background job with SIGINT ignored, which Python keeps: the server
+    # must stop on Ctrl-C (and SIGTERM) all the same.
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "modelslab_async.emulator", "--port", "0", "--duration", "0.01"]
     with subprocess.Popen(  # noqa: ASYNC220 - a child process that outlives awaits
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        preexec_fn=_ignore_sigint if sigint_ignored else None,
     ) as proc:
         try:
             assert proc.stdout is not None
@@ -141,7 +158,7 @@ async def test_python_dash_m_serves_until_interrupted() -> None:
                 body = {"key": "k", "prompt": "cli"}
                 async with s.post(base + "/images/text2img", json=body) as resp:
                     assert (await resp.json())["status"] == "processing"
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(stop)
             assert await anyio.to_thread.run_sync(lambda: proc.wait(timeout=10)) == 0
         finally:
             if proc.poll() is None:
