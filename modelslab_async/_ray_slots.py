@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import math
-import os
-import socket
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Collection
 from types import TracebackType
@@ -25,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._constants import DEFAULT_SLOT_LEASE, MIN_SLOT_LEASE
-from ._errors import ClientStateError, ConfigurationError, TransportError
-from ._slots import Lease, Slots, SlotStatistics
+from ._constants import DEFAULT_SLOT_LEASE
+from ._errors import ConfigurationError, TransportError
+from ._slots import Lease, SharedSlots, Slots
 
 __all__ = ["RaySlots"]
 
@@ -140,7 +136,7 @@ class _SlotsActor:
         return self._state(len(self._waiters))
 
 
-class RaySlots:
+class RaySlots(SharedSlots):
     """The account's queue slots, shared by every task and actor of a Ray cluster.
 
     ``RaySlots(5)`` finds or creates the detached actor ``name`` in ``namespace`` (so every
@@ -161,57 +157,11 @@ class RaySlots:
         lease: float = DEFAULT_SLOT_LEASE,
         namespace: str = "modelslab_async",
     ) -> None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ConfigurationError(f"limit: got {limit!r}, allowed an integer >= 1")
-        for field, value in (("name", name), ("namespace", namespace)):
-            if not isinstance(value, str) or not value:
-                raise ConfigurationError(f"{field}: got {value!r}, allowed a non-empty string")
-        if (
-            isinstance(lease, bool)
-            or not isinstance(lease, (int, float))
-            or not math.isfinite(lease)
-            or lease < MIN_SLOT_LEASE
-        ):
-            raise ConfigurationError(
-                f"lease: got {lease!r}, allowed seconds >= {MIN_SLOT_LEASE} (finite)"
-            )
-        self._limit = limit
-        self._name = name
+        super().__init__(limit, name=name, lease=lease)
+        if not isinstance(namespace, str) or not namespace:
+            raise ConfigurationError(f"namespace: got {namespace!r}, allowed a non-empty string")
         self._namespace = namespace
-        self._lease = float(lease)
-        self._held = 0
-        self._token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self._ids = itertools.count(1)
-        self._mine: set[str] = set()
-        self._waiting = 0
-        self._entered = 0
         self._actor: Any = None
-
-    @property
-    def limit(self) -> int:
-        """The cap as this object last saw it in the actor."""
-        return self._limit
-
-    @property
-    def renew_interval(self) -> float:
-        """``lease / 3``: a lease survives two missed renewals."""
-        return self._lease / 3
-
-    @property
-    def lease(self) -> float:
-        """Seconds a lease lives without renewal."""
-        return self._lease
-
-    @property
-    def name(self) -> str:
-        """The name of the actor."""
-        return self._name
-
-    def statistics(self) -> SlotStatistics:
-        """``held`` is the cluster's count as of this object's last call to the actor."""
-        return SlotStatistics(
-            limit=self._limit, held=self._held, held_here=len(self._mine), waiting=self._waiting
-        )
 
     def __repr__(self) -> str:
         return (
@@ -274,7 +224,7 @@ class RaySlots:
     async def acquire(self) -> Lease:
         """Wait (inside the actor) for a free slot and take it."""
         self._check_entered()
-        holder = f"{self._token}:{next(self._ids)}"
+        holder = self._new_holder()
         self._waiting += 1
         try:
             taken = await self._call("acquire", holder, self._lease)
@@ -323,16 +273,10 @@ class RaySlots:
         self._mine.discard(holder)
         await self._call("release", holder, self._lease)
 
-    def _check_entered(self) -> None:
-        if not self._entered:
-            raise ClientStateError("RaySlots is used outside its `async with` block")
-
     async def _call(self, method: str, *args: Any) -> int:
         with self._errors():
             first, held, limit = await getattr(self._actor, method).remote(*args)
-        self._held = held
-        if limit >= 1:
-            self._limit = limit
+        self._saw(held, limit)
         return int(first)
 
     def _errors(self) -> _RayErrors:

@@ -19,12 +19,7 @@ redis-py is imported when the slots are entered (extra ``[redis]``).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
-import math
-import os
-import socket
-import uuid
 from collections.abc import Collection
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -32,10 +27,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 
-from ._constants import DEFAULT_SLOT_LEASE, MIN_SLOT_LEASE
-from ._errors import ClientStateError, ConfigurationError, TransportError
+from ._constants import DEFAULT_SLOT_LEASE
+from ._errors import ConfigurationError, TransportError
 from ._redact import register_secret, unregister_secret
-from ._slots import Lease, Slots, SlotStatistics
+from ._slots import Lease, SharedSlots, Slots
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -165,7 +160,7 @@ def _where(url: str) -> str:
     return f"{host}:{parts.port or 6379}"
 
 
-class RedisSlots:
+class RedisSlots(SharedSlots):
     """The account's queue slots, shared by every process that uses the same Redis and name.
 
     ``RedisSlots("redis://:password@host:6379/0", 5)``: at most 5 leases held at once by
@@ -197,36 +192,15 @@ class RedisSlots:
                 f"url: got {shown}, allowed redis://[:password@]host[:port][/db], "
                 "rediss://... (TLS) or unix:///path/to/socket"
             )
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ConfigurationError(f"limit: got {limit!r}, allowed an integer >= 1")
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(f"name: got {name!r}, allowed a non-empty string")
-        if (
-            isinstance(lease, bool)
-            or not isinstance(lease, (int, float))
-            or not math.isfinite(lease)
-            or lease < MIN_SLOT_LEASE
-        ):
-            raise ConfigurationError(
-                f"lease: got {lease!r}, allowed seconds >= {MIN_SLOT_LEASE} (finite)"
-            )
+        super().__init__(limit, name=name, lease=lease)
         self._url = url
         self._password = urlsplit(url).password or dict(parse_qsl(urlsplit(url).query)).get(
             "password", ""
         )
-        self._name = name
-        self._lease = float(lease)
         self._lease_ms = max(1, int(self._lease * 1000))
-        self._limit = limit
-        self._held = 0
         self._keys = [f"{name}:holders", f"{name}:limit"]
         self._channel = f"{name}:freed"
-        self._token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self._ids = itertools.count(1)
-        self._mine: set[str] = set()
-        self._waiting = 0
         self._turn = anyio.Lock()
-        self._entered = 0
         self._round_trips = 0
         self._redis: Redis | None = None
         self._pubsub: PubSub | None = None
@@ -235,35 +209,9 @@ class RedisSlots:
 
     # ------------------------------------------------------------------ properties
     @property
-    def limit(self) -> int:
-        """The cap as this object last saw it in Redis."""
-        return self._limit
-
-    @property
-    def renew_interval(self) -> float:
-        """``lease / 3``: a lease survives two missed renewals."""
-        return self._lease / 3
-
-    @property
-    def lease(self) -> float:
-        """Seconds a lease lives without renewal."""
-        return self._lease
-
-    @property
-    def name(self) -> str:
-        """The namespace of the keys in Redis."""
-        return self._name
-
-    @property
     def round_trips(self) -> int:
         """Commands this object sent to Redis (scripts, SUBSCRIBE/UNSUBSCRIBE), for benchmarks."""
         return self._round_trips
-
-    def statistics(self) -> SlotStatistics:
-        """``held`` is every process's count as of this object's last round trip."""
-        return SlotStatistics(
-            limit=self._limit, held=self._held, held_here=len(self._mine), waiting=self._waiting
-        )
 
     def __repr__(self) -> str:
         return (
@@ -332,7 +280,7 @@ class RedisSlots:
     async def acquire(self) -> Lease:
         """Wait for a free slot and take it (see the class docstring for the wake-ups)."""
         self._check_entered()
-        holder = f"{self._token}:{next(self._ids)}"
+        holder = self._new_holder()
         self._waiting += 1
         try:
             async with self._turn:  # FIFO: one waiter of this process talks to Redis
@@ -381,10 +329,6 @@ class RedisSlots:
         await self._run("set_limit", self._lease_ms, limit, self._channel, 0)
 
     # ------------------------------------------------------------------ internals
-    def _check_entered(self) -> None:
-        if not self._entered:
-            raise ClientStateError("RedisSlots is used outside its `async with` block")
-
     async def _take(self, holder: str) -> None:
         """Try, then subscribe and wait for a freed slot until the script grants one."""
         while True:
@@ -480,10 +424,7 @@ class RedisSlots:
         with self._errors():
             self._round_trips += 1
             answer = await self._scripts[script](keys=self._keys, args=list(args))
-        held, limit = int(answer[1]), int(answer[2])
-        self._held = held
-        if limit >= 1:
-            self._limit = limit
+        self._saw(int(answer[1]), int(answer[2]))
         return [int(x) for x in answer]
 
     def _errors(self) -> _RedisErrors:

@@ -18,7 +18,10 @@ import contextlib
 import itertools
 import logging
 import math
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable, Collection
 from types import TracebackType
 from typing import Protocol, runtime_checkable
@@ -27,7 +30,7 @@ import anyio
 import attrs
 
 from . import _constants as C
-from ._errors import ConfigurationError
+from ._errors import ClientStateError, ConfigurationError
 
 __all__ = ["AdaptiveLimit", "Lease", "LocalSlots", "SlotStatistics", "Slots"]
 
@@ -116,6 +119,75 @@ def check_limit(limit: object, name: str = "limit") -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ConfigurationError(f"{name}: got {limit!r}, allowed an integer >= 1")
     return limit
+
+
+class SharedSlots:
+    """What :class:`~modelslab_async.RedisSlots` and :class:`~modelslab_async.RaySlots`
+    share: their arguments checked alike, leases that live ``lease`` seconds unless renewed
+    (every ``lease / 3``), holder ids unique across processes, and counts as of this
+    object's last exchange with the shared store. Not a :class:`Slots` on its own."""
+
+    def __init__(self, limit: int, *, name: str, lease: float) -> None:
+        self._limit = check_limit(limit)
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"name: got {name!r}, allowed a non-empty string")
+        if (
+            isinstance(lease, bool)
+            or not isinstance(lease, int | float)
+            or not math.isfinite(lease)
+            or lease < C.MIN_SLOT_LEASE
+        ):
+            raise ConfigurationError(
+                f"lease: got {lease!r}, allowed seconds >= {C.MIN_SLOT_LEASE} (finite)"
+            )
+        self._name = name
+        self._lease = float(lease)
+        self._held = 0  # every process's count, as of the last exchange
+        self._token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._ids = itertools.count(1)
+        self._mine: set[str] = set()  # holders of this object's leases
+        self._waiting = 0
+        self._entered = 0
+
+    @property
+    def limit(self) -> int:
+        """The cap as this object last saw it in the shared store."""
+        return self._limit
+
+    @property
+    def renew_interval(self) -> float:
+        """``lease / 3``: a lease survives two missed renewals."""
+        return self._lease / 3
+
+    @property
+    def lease(self) -> float:
+        """Seconds a lease lives without renewal."""
+        return self._lease
+
+    @property
+    def name(self) -> str:
+        """What the processes sharing these slots know them by (the Redis keys' namespace,
+        the Ray actor's name)."""
+        return self._name
+
+    def statistics(self) -> SlotStatistics:
+        """``held`` is every process's count as of this object's last exchange."""
+        return SlotStatistics(
+            limit=self._limit, held=self._held, held_here=len(self._mine), waiting=self._waiting
+        )
+
+    def _new_holder(self) -> str:
+        return f"{self._token}:{next(self._ids)}"
+
+    def _check_entered(self) -> None:
+        if not self._entered:
+            raise ClientStateError(f"{type(self).__name__} is used outside its `async with` block")
+
+    def _saw(self, held: int, limit: int) -> None:
+        """Counts from the shared store: every process's holders and the cap (< 1: unset)."""
+        self._held = held
+        if limit >= 1:
+            self._limit = limit
 
 
 _lease_numbers = itertools.count()
