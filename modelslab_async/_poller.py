@@ -35,62 +35,18 @@ from ._errors import (
     AuthenticationError,
     BadRequestError,
     ClientStateError,
-    ConfigurationError,
     GenerationFailed,
     GenerationTimeout,
     JobId,
     ModelsLabError,
 )
 from ._schedule import FIRST_REFRESH, REFRESH, SUBMIT, ScheduleModel
+from ._transport import flag, number
 from ._types import Generation, Job
 
 __all__ = ["PollPolicy", "Poller", "PollerStats"]
 
 log = logging.getLogger("modelslab_async")
-
-
-def _in_range(
-    low: float,
-    high: float = math.inf,
-    *,
-    above: bool = False,
-    integer: bool = False,
-    optional: bool = False,
-) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
-    """An attrs validator: a finite number (an integer with *integer*) from *low* (or
-    above it, with *above*) to *high*, or None with *optional*."""
-    kind = "an integer" if integer else "a number"
-    if high < math.inf:
-        allowed = f"{kind} in {low:g}..{high:g}"
-    else:
-        allowed = f"{kind} {'>' if above else '>='} {low:g}"
-    if optional:
-        allowed += " or None"
-    types = int if integer else (int, float)
-
-    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is None and optional:
-            return
-        ok = (
-            isinstance(value, types)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and (value > low if above else value >= low)
-            and value <= high
-        )
-        if not ok:
-            raise ConfigurationError(
-                f"PollPolicy.{attribute.name}: got {value!r}, allowed {allowed}"
-            )
-
-    return check
-
-
-def _boolean(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigurationError(
-            f"PollPolicy.{attribute.name}: got {value!r}, allowed True or False"
-        )
 
 
 @attrs.frozen(kw_only=True)
@@ -128,29 +84,29 @@ class PollPolicy:
       submit.
     """
 
-    fetch_cost: float = attrs.field(default=0.2, validator=_in_range(0, above=True))
+    fetch_cost: float = attrs.field(default=0.2, validator=number(minimum=0, above=True))
     max_gap: float | None = attrs.field(
-        default=0.45, validator=_in_range(0, above=True, optional=True)
+        default=0.45, validator=number(minimum=0, above=True, optional=True)
     )
-    lead: float = attrs.field(default=1.0, validator=_in_range(0))
-    initial_backoff: float = attrs.field(default=0.25, validator=_in_range(0, above=True))
-    backoff_factor: float = attrs.field(default=1.5, validator=_in_range(1))
-    max_backoff: float = attrs.field(default=3.0, validator=_in_range(0, above=True))
-    jitter: float = attrs.field(default=0.1, validator=_in_range(0, 1))
+    lead: float = attrs.field(default=1.0, validator=number(minimum=0))
+    initial_backoff: float = attrs.field(default=0.25, validator=number(minimum=0, above=True))
+    backoff_factor: float = attrs.field(default=1.5, validator=number(minimum=1))
+    max_backoff: float = attrs.field(default=3.0, validator=number(minimum=0, above=True))
+    jitter: float = attrs.field(default=0.1, validator=number(minimum=0, maximum=1))
     max_wait: float | None = attrs.field(
-        default=1800.0, validator=_in_range(0, above=True, optional=True)
+        default=1800.0, validator=number(minimum=0, above=True, optional=True)
     )
-    webhook_grace: float = attrs.field(default=3.0, validator=_in_range(0))
-    fetch_concurrency: int = attrs.field(default=32, validator=_in_range(1, integer=True))
-    max_fetch_errors: int = attrs.field(default=8, validator=_in_range(1, integer=True))
-    min_samples: int = attrs.field(default=24, validator=_in_range(1, integer=True))
-    history: int = attrs.field(default=400, validator=_in_range(1, integer=True))
-    learn: bool = attrs.field(default=True, validator=_boolean)
-    explore: float = attrs.field(default=0.1, validator=_in_range(0, 1))
-    relative_cost: float = attrs.field(default=0.25, validator=_in_range(0))
-    busy_fetch_cost: float = attrs.field(default=0.05, validator=_in_range(0, above=True))
+    webhook_grace: float = attrs.field(default=3.0, validator=number(minimum=0))
+    fetch_concurrency: int = attrs.field(default=32, validator=number(minimum=1, integer=True))
+    max_fetch_errors: int = attrs.field(default=8, validator=number(minimum=1, integer=True))
+    min_samples: int = attrs.field(default=24, validator=number(minimum=1, integer=True))
+    history: int = attrs.field(default=400, validator=number(minimum=1, integer=True))
+    learn: bool = attrs.field(default=True, validator=flag)
+    explore: float = attrs.field(default=0.1, validator=number(minimum=0, maximum=1))
+    relative_cost: float = attrs.field(default=0.25, validator=number(minimum=0))
+    busy_fetch_cost: float = attrs.field(default=0.05, validator=number(minimum=0, above=True))
     busy_max_gap: float | None = attrs.field(
-        default=0.2, validator=_in_range(0, above=True, optional=True)
+        default=0.2, validator=number(minimum=0, above=True, optional=True)
     )
 
     @classmethod

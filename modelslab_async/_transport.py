@@ -82,16 +82,26 @@ def is_testing() -> bool:
 
 
 def number(
-    *, minimum: float = 0.0, above: bool = False, integer: bool = False, optional: bool = False
+    *,
+    minimum: float = 0.0,
+    maximum: float = math.inf,
+    above: bool = False,
+    integer: bool = False,
+    optional: bool = False,
 ) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
-    """An attrs validator: a finite number ``>= minimum`` (``> minimum`` with *above*), an
-    ``int`` with *integer*, or None with *optional*. The error names the field and the range.
+    """An attrs validator: a finite number ``>= minimum`` (``> minimum`` with *above*) and
+    ``<= maximum``, an ``int`` with *integer*, or None with *optional*. The error names the
+    class, the field and the range.
 
     NaN, infinities and negative values are refused: aiohttp reads a timeout of 0, a
     negative one or NaN as "no timeout", and a NaN wait sleeps forever.
     """
     kind = "an integer" if integer else "a finite number"
-    allowed = f"{kind} {'>' if above else '>='} {minimum:g}" + (" or None" if optional else "")
+    if maximum < math.inf:
+        allowed = f"{kind} in {minimum:g}..{maximum:g}"
+    else:
+        allowed = f"{kind} {'>' if above else '>='} {minimum:g}"
+    allowed += " or None" if optional else ""
 
     def check(inst: Any, attr: attrs.Attribute[Any], value: Any) -> None:
         if value is None and optional:
@@ -101,6 +111,7 @@ def number(
             and not isinstance(value, bool)
             and math.isfinite(value)
             and (value > minimum if above else value >= minimum)
+            and value <= maximum
         )
         if not ok:
             raise ConfigurationError(
