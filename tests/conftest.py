@@ -4,6 +4,7 @@ a real redis-server."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,3 +48,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         pytest.fail(str(exc))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def hf_datasets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The ``datasets`` package, offline, with its home under a temporary folder."""
+    home = tmp_path_factory.mktemp("hf")
+    saved = {k: os.environ.get(k) for k in ("HF_HOME", "HF_DATASETS_OFFLINE")}
+    os.environ["HF_HOME"] = str(home)
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    try:
+        import datasets
+
+        yield datasets
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -12,7 +12,7 @@ import os
 import sys
 import tarfile
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -185,25 +185,6 @@ async def test_webdataset_output_shards_exit_1_for_bad_rows_and_a_rerun_submits_
     assert code == 1, stderr
     assert emu.stats.total_jobs == submitted
     assert "0 jobs submitted" in stderr
-
-
-@pytest.fixture(scope="module")
-def hf_datasets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The ``datasets`` package, offline, with its home under a temporary folder."""
-    home = tmp_path_factory.mktemp("hf")
-    saved = {k: os.environ.get(k) for k in ("HF_HOME", "HF_DATASETS_OFFLINE")}
-    os.environ["HF_HOME"] = str(home)
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    try:
-        import datasets
-
-        yield datasets
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 async def test_parquet_output_loads_with_datasets_as_an_image_feature(

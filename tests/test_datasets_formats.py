@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
@@ -78,25 +77,6 @@ async def served_images(base_url: str, job_ids: Iterator[Any]) -> dict[str, byte
             assert images[0].data is not None
             served[str(job_id)] = images[0].data
     return served
-
-
-@pytest.fixture(scope="module")
-def hf_datasets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The ``datasets`` package, offline, with its home under a temporary folder."""
-    home = tmp_path_factory.mktemp("hf")
-    saved = {k: os.environ.get(k) for k in ("HF_HOME", "HF_DATASETS_OFFLINE")}
-    os.environ["HF_HOME"] = str(home)
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    try:
-        import datasets
-
-        yield datasets
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def parquet_files(out: Path) -> list[str]:
