@@ -633,15 +633,14 @@ class _Run:
         # end: on ext4, files deleted while the batch creates the next shard's make each
         # new file several times dearer to create (an inode freed in the last minutes is
         # not reused, and skipping one reads its inode block; benchmarks/README.md).
-        if layout.output_format == "imagefolder":
+        if layout.output_format != "files":
             for item in done:
                 for f in item.get("files") or ():
-                    (layout.images / f).unlink(missing_ok=True)
-        elif layout.output_format != "files":
-            for item in done:
-                for f in item.get("files") or ():
-                    with contextlib.suppress(FileNotFoundError):
-                        os.truncate(layout.images / f, 0)
+                    if layout.output_format == "imagefolder":
+                        (layout.images / f).unlink(missing_ok=True)
+                    else:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.truncate(layout.images / f, 0)
         self.log_path(number).unlink(missing_ok=True)
         return stats
 
