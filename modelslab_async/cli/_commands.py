@@ -22,7 +22,7 @@ from rich.console import Console
 
 from .. import _constants as C
 from .._batch import BatchProgress
-from .._client import MaxInFlight
+from .._client import Client, MaxInFlight
 from .._errors import (
     APIError,
     AuthenticationError,
@@ -305,6 +305,28 @@ class _BatchPlan:
     rows: Any = None  # the dataset's RowReader (output formats other than files)
 
 
+@asynccontextmanager
+async def _session(
+    plan: _BatchPlan,
+    console: Console,
+    tally: Tally,
+    interrupt: Interrupt,
+    lags: list[float] | None,
+) -> AsyncIterator[tuple[Client, Display, anyio.abc.TaskGroup]]:
+    """A ``batch`` run's client, its progress display (ticking), and a task group for the
+    run's own tasks, inside the run's interrupt scope."""
+    slots = plan.slots() if plan.slots is not None else None
+    async with open_client(
+        plan.where, console, plan.max_in_flight, slots=slots, lags=lags
+    ) as client:
+        if plan.resuming:
+            say(console, f"Resuming from {plan.manifest}.")
+        with Display(console, tally) as display, interrupt.scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(display.tick)
+                yield client, display, tg
+
+
 async def _run_batch(plan: _BatchPlan, interrupt: Interrupt, console: Console) -> int:
     tally = Tally()
     code = EXIT_OK
@@ -326,53 +348,45 @@ async def _run_batch(plan: _BatchPlan, interrupt: Interrupt, console: Console) -
 
     lags: list[float] | None = [] if plan.where.local else None
     locked_out = False
-    slots = plan.slots() if plan.slots is not None else None
     items = read_items(plan.source, plan.input_format, plan.defaults, plan.prompt_column)
-    async with open_client(
-        plan.where, console, plan.max_in_flight, slots=slots, lags=lags
-    ) as client:
-        if plan.resuming:
-            say(console, f"Resuming from {plan.manifest}.")
-        with Display(console, tally) as display, interrupt.scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(display.tick)
-                if plan.source != "-":
-                    tg.start_soon(count)
-                try:
-                    results = client.generate_many(
-                        items,
-                        dest=plan.out,
-                        manifest=plan.manifest,
-                        on_progress=on_progress,
-                        retry_failed=plan.retry_failed,
-                        # the embedded emulator's jobs die with it: a new one is free
-                        resubmit_lost_jobs=plan.where.local,
-                    )
-                    async with _closing(results):
-                        async for result in results:
-                            account(tally, result, display)
-                            if plan.as_json and not emit(result_record(result)):
-                                code = EXIT_BROKEN_PIPE  # `--json | head`: stop quietly
-                                break
-                            error = result.error
-                            if (
-                                isinstance(error, AuthenticationError | ConfigurationError)
-                                and not result.from_manifest
-                            ):
-                                display.say(f"Error: {type(error).__name__}: {error}")
-                                code = EXIT_USAGE
-                                break
-                except (AuthenticationError, InsufficientCreditsError) as exc:
-                    stopped = exc  # reported after the summary, with the counts
-                    code = EXIT_CREDITS if isinstance(exc, InsufficientCreditsError) else EXIT_USAGE
-                except (ModelsLabError, *USAGE_ERRORS, *FILE_ERRORS) as exc:
-                    # raised by the batch itself (the input, the manifest), not by an item
-                    display.say(error_line(exc, plan.manifest))
-                    code = exit_code_for(exc)
-                    locked_out = isinstance(exc, ManifestLockedError)
-                finally:
-                    tg.cancel_scope.cancel()
-        await items.aclose()
+    async with _session(plan, console, tally, interrupt, lags) as (client, display, tg):
+        if plan.source != "-":
+            tg.start_soon(count)
+        try:
+            results = client.generate_many(
+                items,
+                dest=plan.out,
+                manifest=plan.manifest,
+                on_progress=on_progress,
+                retry_failed=plan.retry_failed,
+                # the embedded emulator's jobs die with it: a new one is free
+                resubmit_lost_jobs=plan.where.local,
+            )
+            async with _closing(results):
+                async for result in results:
+                    account(tally, result, display)
+                    if plan.as_json and not emit(result_record(result)):
+                        code = EXIT_BROKEN_PIPE  # `--json | head`: stop quietly
+                        break
+                    error = result.error
+                    if (
+                        isinstance(error, AuthenticationError | ConfigurationError)
+                        and not result.from_manifest
+                    ):
+                        display.say(f"Error: {type(error).__name__}: {error}")
+                        code = EXIT_USAGE
+                        break
+        except (AuthenticationError, InsufficientCreditsError) as exc:
+            stopped = exc  # reported after the summary, with the counts
+            code = EXIT_CREDITS if isinstance(exc, InsufficientCreditsError) else EXIT_USAGE
+        except (ModelsLabError, *USAGE_ERRORS, *FILE_ERRORS) as exc:
+            # raised by the batch itself (the input, the manifest), not by an item
+            display.say(error_line(exc, plan.manifest))
+            code = exit_code_for(exc)
+            locked_out = isinstance(exc, ManifestLockedError)
+        finally:
+            tg.cancel_scope.cancel()
+    await items.aclose()
     interrupted = interrupt.signum is not None
     summary(console, tally, plan.out, plan.manifest, interrupted)
     if not locked_out:  # the folder is another run's: its report is that run's to write
@@ -405,33 +419,25 @@ async def _run_dataset(plan: _BatchPlan, rows: Any, interrupt: Interrupt, consol
                 tally.total = progress.rows_read
 
     lags: list[float] | None = [] if plan.where.local else None
-    slots = plan.slots() if plan.slots is not None else None
-    async with open_client(
-        plan.where, console, plan.max_in_flight, slots=slots, lags=lags
-    ) as client:
-        if plan.resuming:
-            say(console, f"Resuming from {plan.manifest}.")
-        with Display(console, tally) as display, interrupt.scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(display.tick)
-                try:
-                    result = await write_dataset(
-                        client,
-                        rows,
-                        plan.out,
-                        output_format=plan.output_format,  # type: ignore[arg-type]
-                        shard_size=plan.shard_size,
-                        manifest=plan.manifest,
-                        on_progress=on_progress,
-                        retry_failed=plan.retry_failed,
-                    )
-                except DatasetError as exc:  # before anything was submitted
-                    display.say(f"Error: {exc}")
-                    return EXIT_USAGE
-                except (AuthenticationError, InsufficientCreditsError) as exc:
-                    stopped = exc
-                finally:
-                    tg.cancel_scope.cancel()
+    async with _session(plan, console, tally, interrupt, lags) as (client, display, tg):
+        try:
+            result = await write_dataset(
+                client,
+                rows,
+                plan.out,
+                output_format=plan.output_format,  # type: ignore[arg-type]
+                shard_size=plan.shard_size,
+                manifest=plan.manifest,
+                on_progress=on_progress,
+                retry_failed=plan.retry_failed,
+            )
+        except DatasetError as exc:  # before anything was submitted
+            display.say(f"Error: {exc}")
+            return EXIT_USAGE
+        except (AuthenticationError, InsufficientCreditsError) as exc:
+            stopped = exc
+        finally:
+            tg.cancel_scope.cancel()
     interrupted = interrupt.signum is not None
     _dataset_summary(console, plan, tally, result)
     await write_batch_report(console, plan.out, plan.manifest, run_stats(tally, lags))
