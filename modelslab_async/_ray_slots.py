@@ -274,9 +274,10 @@ class RaySlots(SharedSlots):
         await self._call("release", holder, self._lease)
 
     async def _call(self, method: str, *args: Any) -> int:
+        exchange = self._exchange()
         with self._errors():
             first, held, limit = await getattr(self._actor, method).remote(*args)
-        self._saw(held, limit)
+        self._saw(exchange, held, limit)
         return int(first)
 
     def _errors(self) -> _RayErrors:

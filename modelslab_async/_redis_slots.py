@@ -421,10 +421,11 @@ class RedisSlots(SharedSlots):
         return int(answer[0])
 
     async def _call(self, script: str, *args: Any) -> list[int]:
+        exchange = self._exchange()
         with self._errors():
             self._round_trips += 1
             answer = await self._scripts[script](keys=self._keys, args=list(args))
-        self._saw(int(answer[1]), int(answer[2]))
+        self._saw(exchange, int(answer[1]), int(answer[2]))
         return [int(x) for x in answer]
 
     def _errors(self) -> _RedisErrors:

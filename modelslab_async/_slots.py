@@ -143,6 +143,7 @@ class SharedSlots:
         self._name = name
         self._lease = float(lease)
         self._held = 0  # every process's count, as of the last exchange
+        self._sent = self._applied = 0  # exchanges sent, and the newest one applied
         self._token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._ids = itertools.count(1)
         self._mine: set[str] = set()  # holders of this object's leases
@@ -171,7 +172,7 @@ class SharedSlots:
         return self._name
 
     def statistics(self) -> SlotStatistics:
-        """``held`` is every process's count as of this object's last exchange."""
+        """``held`` is every process's count as of this object's latest exchange."""
         return SlotStatistics(
             limit=self._limit, held=self._held, held_here=len(self._mine), waiting=self._waiting
         )
@@ -183,8 +184,18 @@ class SharedSlots:
         if not self._entered:
             raise ClientStateError(f"{type(self).__name__} is used outside its `async with` block")
 
-    def _saw(self, held: int, limit: int) -> None:
-        """Counts from the shared store: every process's holders and the cap (< 1: unset)."""
+    def _exchange(self) -> int:
+        """The number of an exchange with the store about to be sent (for :meth:`_saw`)."""
+        self._sent += 1
+        return self._sent
+
+    def _saw(self, exchange: int, held: int, limit: int) -> None:
+        """Counts from the answer to *exchange*: every process's holders and the cap (< 1:
+        unset). Concurrent exchanges can be answered out of order: the answer to an
+        exchange sent before the newest one applied is stale, and left out."""
+        if exchange < self._applied:
+            return
+        self._applied = exchange
         self._held = held
         if limit >= 1:
             self._limit = limit
